@@ -1,0 +1,13 @@
+"""ams: the persistent catalogue of the AMS workflow (data, candidates and models).
+
+>>> from ams import AMSDataStore, AMSModelDescr, UQType, UQAggregate
+"""
+
+from . import errors
+from .errors import AMSStoreError
+from .store import AMSDataStore, RemoveReport
+from .store_types import AMSModelDescr, Entry, UQAggregate, UQType
+
+__all__ = ["AMSDataStore", "AMSModelDescr", "AMSStoreError", "Entry", "RemoveReport",
+           "UQAggregate", "UQType", "errors"]
+__version__ = "0.1.0"

@@ -1,0 +1,711 @@
+"""The Kosh adapter: the only module that talks to Kosh and Sina.
+
+It reads and writes exactly the records, data rows, documents and
+relationships that Kosh itself writes (ensemble per domain, one dataset per
+entry and version, one ``file`` record per registered path), but in bulk, with
+SQLAlchemy Core on Sina's tables: one transaction per call, a constant number
+of round trips per call, and a store-wide write lock so that concurrent writers
+allocate versions safely.
+
+The adapter assumes valid input; argument checks live in :mod:`ams.store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import time
+import uuid
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from numbers import Real
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sina import sjson
+from sina.datastores import sql_schema as sina_schema
+
+from . import _sina_schema
+from .errors import BackendError, ConcurrencyError, DuplicateEntryError, NotFoundError
+from .url import StoreURL, mask_password
+
+LOGGER = logging.getLogger(__name__)
+
+STORE_INFO_ID = "__kosh_store_info__"
+# Attributes Kosh keeps on a file record besides the user's metadata.
+KOSH_FILE_FIELDS = frozenset({
+    "fast_sha", "long_sha", "uri", "mime_type", "associated", "creation_date",
+    "last_modified_date", "loader_kwargs",
+})
+# Ensemble attributes a member dataset does not inherit (Kosh's __ok_duplicates__).
+_NOT_INHERITED = frozenset({"creator", "id", "name", "creation_date", "last_modified_date"})
+_CHUNK = 500
+
+_RECORD = sina_schema.Record.__table__
+_RELATIONSHIP = sina_schema.Relationship.__table__
+_SCALAR = sina_schema.ScalarData.__table__
+_STRING = sina_schema.StringData.__table__
+_SCALAR_LIST = sina_schema.ListScalarData.__table__
+_STRING_LIST_MASTER = sina_schema.ListStringDataMaster.__table__
+_STRING_LIST_ENTRY = sina_schema.ListStringDataEntry.__table__
+_DOCUMENT = sina_schema.Document.__table__
+_CURVE_SET = sina_schema.CurveSetMeta.__table__
+_DATA_TABLES = (_SCALAR, _STRING, _SCALAR_LIST, _STRING_LIST_MASTER, _STRING_LIST_ENTRY, _CURVE_SET)
+
+
+def now_string() -> str:
+    """Kosh's and the original store's date format: ``str(datetime.now())``."""
+    return str(datetime.now())
+
+
+# --------------------------------------------------------------------------- records
+def new_raw(record_id: str, record_type: str) -> Dict[str, Any]:
+    """An empty Sina record in the key order Sina writes."""
+    return {"id": record_id, "type": record_type, "data": {}, "curve_sets": {},
+            "library_data": {}, "files": {}, "user_defined": {"kosh_information": {}}}
+
+
+def record_rows(raw: Dict[str, Any]) -> Dict[sa.Table, List[Dict[str, Any]]]:
+    """The table rows Sina's ``create_sql_record`` makes for ``raw`` (curves aside)."""
+    record_id = raw["id"]
+    rows: Dict[sa.Table, List[Dict[str, Any]]] = defaultdict(list)
+    rows[_RECORD].append({"id": record_id, "type": raw["type"], "raw": sjson.dumps(raw)})
+    for name, datum in raw.get("data", {}).items():
+        value = datum["value"]
+        tags = sjson.dumps(datum["tags"]).decode() if "tags" in datum else None
+        if isinstance(value, list):
+            if not value:
+                continue
+            if isinstance(value[0], Real):
+                rows[_SCALAR_LIST].append({"id": record_id, "name": name, "min": min(value),
+                                           "max": max(value), "units": datum.get("units"),
+                                           "tags": tags})
+            else:
+                rows[_STRING_LIST_MASTER].append({"id": record_id, "name": name,
+                                                  "units": datum.get("units"), "tags": tags})
+                rows[_STRING_LIST_ENTRY].extend(
+                    {"id": record_id, "name": name, "index": index, "value": item}
+                    for index, item in enumerate(value))
+        elif isinstance(value, Real):
+            rows[_SCALAR].append({"id": record_id, "name": name, "value": value,
+                                  "units": datum.get("units"), "tags": tags})
+        elif isinstance(value, str):
+            rows[_STRING].append({"id": record_id, "name": name, "value": value,
+                                  "units": datum.get("units"), "tags": tags})
+    for uri, info in raw.get("files", {}).items():
+        tags = sjson.dumps(info["tags"]).decode() if "tags" in info else None
+        rows[_DOCUMENT].append({"id": record_id, "uri": uri, "mimetype": info.get("mimetype"),
+                                "tags": tags})
+    return rows
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Ensemble:
+    id: str
+    domain_name: str
+    application_name: Optional[str]
+    raw: Dict[str, Any]
+
+
+@dataclass
+class Dataset:
+    id: str
+    ensemble: Ensemble
+    entry_type: str
+    version: int
+
+
+@dataclass
+class FileRecord:
+    id: str
+    path: str
+    dataset: Dataset
+    raw: Dict[str, Any]
+
+    @property
+    def metadata(self) -> Dict[str, Any]:
+        return {key: datum["value"] for key, datum in self.raw["data"].items()
+                if key not in KOSH_FILE_FIELDS}
+
+
+@dataclass
+class NewFile:
+    """A file to register: absolute path, metadata (already checked) and Kosh's fast sha."""
+
+    path: str
+    metadata: Dict[str, Any]
+    fast_sha: str
+
+
+@dataclass
+class RemoveResult:
+    removed: List[FileRecord] = field(default_factory=list)
+    still_referenced: Set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------- adapter
+class KoshAdapter:
+    """Bulk access to a Kosh store's Sina tables for one application."""
+
+    def __init__(self, url: StoreURL, read_only: bool = False, connect_timeout: int = 10):
+        self.url = url
+        self.read_only = read_only
+        self.connect_timeout = connect_timeout
+        self.engine: Optional[Engine] = None
+        self.created: List[str] = []
+        self._types = {"file": "file", "ensemble": "kosh_ensemble", "dataset": "dataset",
+                       "predicate": "is a member of ensemble"}
+        self._creator = "anonymous"
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        engine = self._create_engine()
+        try:
+            with self._translate_errors("open"):
+                if not self.read_only:
+                    self.created = _sina_schema.create_tables(engine)
+                    self._initialise_kosh(engine)
+                self._read_store_info(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        self.engine = engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    def _create_engine(self) -> Engine:
+        if self.url.backend == "sqlite":
+            os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
+            engine = sa.create_engine(self.url.sqlalchemy_url(), poolclass=sa.pool.NullPool,
+                                      connect_args={"timeout": 120, "check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
+                dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+                dbapi_connection.execute("PRAGMA foreign_keys=ON")
+                dbapi_connection.execute("PRAGMA busy_timeout=120000")
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(connection):  # pragma: no cover - driver hook
+                mode = "BEGIN IMMEDIATE" if connection.info.get("ams_write") else "BEGIN"
+                connection.exec_driver_sql(mode)
+
+            return engine
+        return sa.create_engine(
+            self.url.sqlalchemy_url(), poolclass=sa.pool.NullPool,
+            isolation_level="READ COMMITTED",
+            connect_args={"connection_timeout": self.connect_timeout, "charset": "utf8mb4",
+                          "collation": "utf8mb4_bin", "use_pure": True},
+        )
+
+    def _initialise_kosh(self, engine: Engine) -> None:
+        """Write Kosh's store-info and user records the way ``kosh.connect`` does."""
+        with engine.connect() as conn:
+            ids = set(conn.execute(sa.select(_RECORD.c.id).where(
+                _RECORD.c.id.in_([STORE_INFO_ID, _user_id(_username()), _user_id("anonymous")])
+            )).scalars())
+        if len(ids) == 3:
+            return
+        import sina
+        from kosh.utils import create_kosh_users, update_store_and_get_info_record
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            datastore = sina.connect(self.url.sqlalchemy_url())
+            try:
+                update_store_and_get_info_record(datastore.records)
+                create_kosh_users(datastore.records, users=[_username(), "anonymous"])
+            finally:
+                datastore.close()
+
+    def _read_store_info(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(_RECORD.c.id, _RECORD.c.raw).where(
+                _RECORD.c.id.in_([STORE_INFO_ID, _user_id(_username())]))).all())
+        if STORE_INFO_ID not in rows:
+            raise BackendError(f"{self.url.location} is not a Kosh store (no store-info record); "
+                               "open it once without read_only to initialise it")
+        data = sjson.loads(rows[STORE_INFO_ID])["data"]
+        for key, name in (("file", "sources_type"), ("ensemble", "ensembles_type"),
+                          ("predicate", "ensemble_predicate")):
+            if name in data:
+                self._types[key] = data[name]["value"]
+        self._creator = _user_id(_username()) if _user_id(_username()) in rows else "anonymous"
+
+    @property
+    def is_open(self) -> bool:
+        return self.engine is not None
+
+    # ------------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._translate_errors("read"), self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def _write(self, operation: str, work: Callable[[Connection], Any], attempts: int = 8) -> Any:
+        """Run ``work`` in one write transaction under the store's write lock, with retries."""
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._translate_errors(operation, retryable=attempt < attempts):
+                    with self.engine.connect() as conn:
+                        conn.info["ams_write"] = True
+                        try:
+                            with conn.begin():
+                                self._lock(conn)
+                                return work(conn)
+                        finally:
+                            conn.info.pop("ams_write", None)
+            except _Retry as retry:
+                LOGGER.info("%s: conflict with another writer (%s), retry %d", operation,
+                            retry, attempt)
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise ConcurrencyError(f"{operation}: gave up after {attempts} conflicting attempts")
+
+    def _lock(self, conn: Connection) -> None:
+        """Serialise writers: SQLite's BEGIN IMMEDIATE already did; MariaDB locks a row."""
+        if self.url.backend != "sqlite":
+            conn.execute(sa.select(_RECORD.c.id).where(_RECORD.c.id == STORE_INFO_ID)
+                         .with_for_update())
+
+    @contextlib.contextmanager
+    def _translate_errors(self, operation: str, retryable: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.DBAPIError as error:
+            message = mask_password(str(getattr(error, "orig", error)).splitlines()[0]
+                                    if str(getattr(error, "orig", error)) else repr(error),
+                                    self.url.password)
+            code = _error_code(error)
+            if retryable and (code in (1205, 1213) or "database is locked" in message
+                              or "deadlock" in message.lower()):
+                raise _Retry(message) from None
+            raise BackendError(f"{operation} on {self.url.backend} store {self.url.location} "
+                               f"failed: {message}") from None
+
+    # ------------------------------------------------------------------ reads
+    def ensembles(self, conn: Connection, application_name: str,
+                  domain_names: Optional[Iterable[str]] = None) -> List[Ensemble]:
+        """Ensembles visible to the application: its own and legacy (no application_name)."""
+        query = (sa.select(_RECORD.c.id, _STRING.c.value, _RECORD.c.raw)
+                 .join(_STRING, sa.and_(_STRING.c.id == _RECORD.c.id, _STRING.c.name == "name"))
+                 .where(_RECORD.c.type == self._types["ensemble"]))
+        rows: List[Any] = []
+        if domain_names is None:
+            rows = conn.execute(query).all()
+        else:
+            for chunk in _chunks(sorted(set(domain_names))):
+                rows.extend(conn.execute(query.where(_STRING.c.value.in_(chunk))).all())
+        out = []
+        for record_id, name, raw in rows:
+            raw = sjson.loads(raw)
+            app = raw["data"].get("application_name", {}).get("value")
+            if app is None or app == application_name:
+                out.append(Ensemble(record_id, name, app, raw))
+        # Oldest first, own before legacy, so writes pick a stable target.
+        out.sort(key=lambda e: (e.application_name is None,
+                                e.raw["data"].get("creation_date", {}).get("value", ""), e.id))
+        return out
+
+    def datasets(self, conn: Connection, ensembles: Sequence[Ensemble],
+                 entry_types: Optional[Iterable[str]] = None) -> List[Dataset]:
+        if not ensembles:
+            return []
+        by_id = {e.id: e for e in ensembles}
+        name = _STRING.alias("dataset_name")
+        query = (sa.select(_RELATIONSHIP.c.object_id, _RECORD.c.id, name.c.value, _SCALAR.c.value)
+                 .select_from(_RELATIONSHIP)
+                 .join(_RECORD, _RECORD.c.id == _RELATIONSHIP.c.subject_id)
+                 .join(name, sa.and_(name.c.id == _RECORD.c.id, name.c.name == "name"))
+                 .join(_SCALAR, sa.and_(_SCALAR.c.id == _RECORD.c.id, _SCALAR.c.name == "version"))
+                 .where(_RELATIONSHIP.c.predicate == self._types["predicate"])
+                 .where(_RECORD.c.type == "dataset"))
+        if entry_types is not None:
+            query = query.where(name.c.value.in_(sorted(set(entry_types))))
+        out = []
+        for chunk in _chunks(sorted(by_id)):
+            for ensemble_id, dataset_id, entry_type, version in conn.execute(
+                    query.where(_RELATIONSHIP.c.object_id.in_(chunk))):
+                out.append(Dataset(dataset_id, by_id[ensemble_id], entry_type, int(version)))
+        out.sort(key=lambda d: (d.ensemble.domain_name, d.entry_type, d.version, d.id))
+        return out
+
+    def dataset_paths(self, conn: Connection, datasets: Sequence[Dataset]) -> Dict[str, List[str]]:
+        """Dataset id -> associated uris (Kosh's Document rows), sorted."""
+        out: Dict[str, List[str]] = {d.id: [] for d in datasets}
+        for chunk in _chunks(list(out)):
+            for dataset_id, uri in conn.execute(
+                    sa.select(_DOCUMENT.c.id, _DOCUMENT.c.uri).where(_DOCUMENT.c.id.in_(chunk))):
+                out[dataset_id].append(uri)
+        for paths in out.values():
+            paths.sort()
+        return out
+
+    def file_records(self, conn: Connection, datasets: Sequence[Dataset],
+                     paths: Optional[Iterable[str]] = None) -> List[FileRecord]:
+        """The file records associated with ``datasets`` (optionally only ``paths``)."""
+        by_id = {d.id: d for d in datasets}
+        if not by_id:
+            return []
+        query = (sa.select(_STRING_LIST_ENTRY.c.value, _RECORD.c.id, _RECORD.c.raw)
+                 .join(_RECORD, _RECORD.c.id == _STRING_LIST_ENTRY.c.id)
+                 .where(_STRING_LIST_ENTRY.c.name == "associated")
+                 .where(_RECORD.c.type == self._types["file"]))
+        if paths is not None:
+            uri = _STRING.alias("uri")
+            query = query.join(uri, sa.and_(uri.c.id == _RECORD.c.id, uri.c.name == "uri"))
+            path_list = sorted(set(paths))
+            if not path_list:
+                return []
+        out = []
+        for chunk in _chunks(sorted(by_id)):
+            chunk_query = query.where(_STRING_LIST_ENTRY.c.value.in_(chunk))
+            path_chunks = [None] if paths is None else list(_chunks(path_list))
+            for path_chunk in path_chunks:
+                q = chunk_query if path_chunk is None else chunk_query.where(uri.c.value.in_(path_chunk))
+                for dataset_id, record_id, raw in conn.execute(q):
+                    raw = sjson.loads(raw)
+                    out.append(FileRecord(record_id, raw["data"]["uri"]["value"],
+                                          by_id[dataset_id], raw))
+        out.sort(key=lambda f: (f.dataset.ensemble.domain_name, f.dataset.entry_type,
+                                f.dataset.version, f.path))
+        return out
+
+    def locate(self, conn: Connection, paths: Iterable[str]) -> Dict[str, str]:
+        """Where each of ``paths`` is registered in the whole store (any application)."""
+        path_list = sorted(set(paths))
+        found: Dict[str, List[str]] = defaultdict(list)
+        for chunk in _chunks(path_list):
+            for dataset_id, uri in conn.execute(
+                    sa.select(_DOCUMENT.c.id, _DOCUMENT.c.uri).where(_DOCUMENT.c.uri.in_(chunk))):
+                found[dataset_id].append(uri)
+            # A file record left without a dataset still owns its path in Kosh.
+            for (uri,) in conn.execute(
+                    sa.select(_STRING.c.value).join(_RECORD, _RECORD.c.id == _STRING.c.id)
+                    .where(_STRING.c.name == "uri", _STRING.c.value.in_(chunk),
+                           _RECORD.c.type == self._types["file"])):
+                found.setdefault("", []).append(uri)
+        out: Dict[str, str] = {}
+        descriptions = self._describe_datasets(conn, [d for d in found if d])
+        for dataset_id, uris in found.items():
+            for uri in uris:
+                if dataset_id:
+                    out[uri] = descriptions.get(dataset_id, f"dataset {dataset_id}")
+                else:
+                    out.setdefault(uri, "a Kosh file record of this store")
+        return out
+
+    def _describe_datasets(self, conn: Connection, dataset_ids: List[str]) -> Dict[str, str]:
+        out = {}
+        for chunk in _chunks(dataset_ids):
+            rows = conn.execute(
+                sa.select(_RECORD.c.id, _RECORD.c.raw, _RELATIONSHIP.c.object_id)
+                .outerjoin(_RELATIONSHIP, sa.and_(_RELATIONSHIP.c.subject_id == _RECORD.c.id,
+                                                  _RELATIONSHIP.c.predicate == self._types["predicate"]))
+                .where(_RECORD.c.id.in_(chunk))).all()
+            ensemble_ids = [r[2] for r in rows if r[2]]
+            ensembles = dict(conn.execute(sa.select(_RECORD.c.id, _RECORD.c.raw)
+                                          .where(_RECORD.c.id.in_(ensemble_ids))).all()) if ensemble_ids else {}
+            for dataset_id, raw, ensemble_id in rows:
+                data = sjson.loads(raw)["data"]
+                ensemble = sjson.loads(ensembles[ensemble_id])["data"] if ensemble_id in ensembles else {}
+                out[dataset_id] = (
+                    f"application {ensemble.get('application_name', {}).get('value')!r}, "
+                    f"domain {ensemble.get('name', {}).get('value')!r}, "
+                    f"entry {data.get('name', {}).get('value')!r}, "
+                    f"version {_as_int(data.get('version', {}).get('value'))}")
+        return out
+
+    # ------------------------------------------------------------------ public reads
+    def read(self) -> contextlib.AbstractContextManager:
+        return self._read()
+
+    # ------------------------------------------------------------------ writes
+    def add_files(self, application_name: str, domain_name: str, entry_type: str,
+                  mime_type: str, files: Sequence[NewFile], version: Optional[int],
+                  precommit: Optional[Callable[[], None]] = None) -> int:
+        """Register ``files`` in one version of one entry; return the version.
+
+        ``precommit`` runs last inside the transaction; raising there rolls back.
+        """
+        def work(conn: Connection) -> int:
+            result = self._add_in(conn, application_name, domain_name, entry_type, mime_type,
+                                  files, version)
+            if precommit is not None:
+                precommit()
+            return result
+        return self._write("add", work)
+
+    def remove_files(self, application_name: str, domain_name: str, entry_type: str,
+                     select: Callable[[FileRecord], bool], versions: Optional[Sequence[int]],
+                     paths: Optional[Sequence[str]]) -> RemoveResult:
+        def work(conn: Connection) -> RemoveResult:
+            records = self._records_of(conn, application_name, domain_name, entry_type,
+                                       versions, paths)
+            chosen = [r for r in records if select(r)]
+            return self._remove_in(conn, chosen)
+        return self._write("remove", work)
+
+    def move_files(self, application_name: str, domain_name: str, src_type: str,
+                   dest_type: str, dest_mime_type: str, moves: Sequence[Tuple[str, NewFile]],
+                   version: Optional[int], date: str) -> Tuple[int, RemoveResult]:
+        """Register the copies and remove the sources in one transaction.
+
+        Each copy's metadata is the source's (``date`` renewed); the sources must
+        all be registered in ``src_type`` of this domain.
+        """
+        def work(conn: Connection) -> Tuple[int, RemoveResult]:
+            sources = self._records_of(conn, application_name, domain_name, src_type, None,
+                                       [src for src, _ in moves])
+            by_path = {r.path: r for r in sources}
+            missing = [src for src, _ in moves if src not in by_path]
+            if missing:
+                raise NotFoundError(f"not registered as {src_type} of domain {domain_name!r}: "
+                                    + ", ".join(map(repr, missing)))
+            copies = []
+            for src, new in moves:
+                metadata = dict(by_path[src].metadata)
+                metadata.update(new.metadata)
+                metadata["date"] = date
+                copies.append(NewFile(new.path, metadata, new.fast_sha))
+            new_version = self._add_in(conn, application_name, domain_name, dest_type,
+                                       dest_mime_type, copies, version)
+            return new_version, self._remove_in(conn, [by_path[src] for src, _ in moves])
+        return self._write("move", work)
+
+    def _records_of(self, conn: Connection, application_name: str, domain_name: str,
+                    entry_type: str, versions: Optional[Sequence[int]],
+                    paths: Optional[Sequence[str]]) -> List[FileRecord]:
+        datasets = self.datasets(conn, self.ensembles(conn, application_name, [domain_name]),
+                                 [entry_type])
+        if versions is not None:
+            wanted = set(versions)
+            datasets = [d for d in datasets if d.version in wanted]
+        return self.file_records(conn, datasets, paths)
+
+    def _add_in(self, conn: Connection, application_name: str, domain_name: str,
+                entry_type: str, mime_type: str, files: Sequence[NewFile],
+                version: Optional[int]) -> int:
+        taken = self.locate(conn, [f.path for f in files])
+        if taken:
+            path, where = next(iter(sorted(taken.items())))
+            raise DuplicateEntryError(f"{path!r} is already registered ({where})"
+                                      + (f" and {len(taken) - 1} more" if len(taken) > 1 else ""))
+        now = time.time()
+        ensembles = self.ensembles(conn, application_name, [domain_name])
+        inserts: Dict[sa.Table, List[Dict[str, Any]]] = defaultdict(list)
+        if not ensembles:
+            ensemble = self._new_ensemble(application_name, domain_name, now, inserts)
+            datasets: List[Dataset] = []
+        else:
+            ensemble = ensembles[0]
+            datasets = self.datasets(conn, ensembles, [entry_type])
+        if version is None:
+            version = max((d.version for d in datasets), default=0) + 1
+        target = next((d for d in datasets if d.version == version), None)
+        is_new_dataset = target is None
+        if is_new_dataset:
+            dataset_raw = self._new_dataset_raw(ensemble, entry_type, version, now)
+            target = Dataset(dataset_raw["id"], ensemble, entry_type, version)
+        else:
+            dataset_raw = self._raws(conn, [target.id])[target.id]
+        had_files = bool(dataset_raw["files"])
+
+        date = now_string()
+        for new in files:
+            file_id = uuid.uuid4().hex
+            raw = new_raw(file_id, self._types["file"])
+            data = raw["data"]
+            info = raw["user_defined"]["kosh_information"]
+            values = dict(new.metadata)
+            values.update({"fast_sha": new.fast_sha, "uri": new.path, "mime_type": mime_type,
+                           "associated": [target.id]})
+            for key, value in values.items():
+                data[key] = {"value": value}
+                info[f"{key}_last_modified"] = now
+            data["last_modified_date"] = {"value": date}
+            data["creation_date"] = {"value": date}
+            _extend(inserts, record_rows(raw))
+            dataset_raw["files"][new.path] = {"mimetype": mime_type, "kosh_id": file_id}
+            dataset_raw["user_defined"]["kosh_information"][
+                f"{new.path}___associated_last_modified"] = now
+        dataset_raw["data"]["last_modified_date"] = {"value": date}
+
+        if is_new_dataset:
+            inserts[_RELATIONSHIP].append({"subject_id": target.id, "object_id": ensemble.id,
+                                           "predicate": self._types["predicate"]})
+            _extend(inserts, record_rows(dataset_raw))
+        elif had_files:  # append in place: raw, its date, the new documents
+            conn.execute(_RECORD.update().where(_RECORD.c.id == target.id)
+                         .values(raw=sjson.dumps(dataset_raw)))
+            conn.execute(_STRING.update().where(_STRING.c.id == target.id,
+                                                _STRING.c.name == "last_modified_date")
+                         .values(value=date))
+            inserts[_DOCUMENT].extend({"id": target.id, "uri": new.path, "mimetype": mime_type,
+                                       "tags": None} for new in files)
+        else:  # an empty dataset left by plain Kosh: rewrite it whole
+            self._replace_records(conn, [dataset_raw])
+        self._insert(conn, inserts)
+        return version
+
+    def _new_ensemble(self, application_name: str, domain_name: str, now: float,
+                      inserts: Dict[sa.Table, List[Dict[str, Any]]]) -> Ensemble:
+        raw = new_raw(uuid.uuid4().hex, self._types["ensemble"])
+        date = now_string()
+        raw["data"] = {"application_name": {"value": application_name},
+                       "creator": {"value": self._creator},
+                       "creation_date": {"value": date},
+                       "name": {"value": domain_name},
+                       "last_modified_date": {"value": date}}
+        _extend(inserts, record_rows(raw))
+        return Ensemble(raw["id"], domain_name, application_name, raw)
+
+    def _new_dataset_raw(self, ensemble: Ensemble, entry_type: str, version: int,
+                         now: float) -> Dict[str, Any]:
+        raw = new_raw(uuid.uuid4().hex, "dataset")
+        date = now_string()
+        raw["data"] = {"version": {"value": version}, "creator": {"value": self._creator},
+                       "creation_date": {"value": date}, "name": {"value": entry_type},
+                       "last_modified_date": {"value": date}}
+        for key, datum in ensemble.raw["data"].items():  # Kosh's attribute inheritance
+            if key not in _NOT_INHERITED:
+                raw["data"][key] = {"value": datum["value"]}
+                raw["user_defined"]["kosh_information"][f"{key}_last_modified"] = now
+        return raw
+
+    def _remove_in(self, conn: Connection, records: Sequence[FileRecord]) -> RemoveResult:
+        result = RemoveResult(removed=list(records))
+        if not records:
+            return result
+        now = time.time()
+        date = now_string()
+        by_dataset: Dict[str, List[FileRecord]] = defaultdict(list)
+        for record in records:
+            by_dataset[record.dataset.id].append(record)
+        dataset_raws = self._raws(conn, list(by_dataset))
+        delete_ids: List[str] = []
+        rewrite: List[Dict[str, Any]] = []
+        for record in records:  # Kosh's dissociate: drop this dataset from 'associated'
+            associated = [a for a in record.raw["data"]["associated"]["value"]
+                          if a != record.dataset.id]
+            if associated:
+                record.raw["data"]["associated"]["value"] = associated
+                record.raw["data"]["last_modified_date"] = {"value": date}
+                rewrite.append(record.raw)
+            else:
+                delete_ids.append(record.id)
+        empty_datasets = []
+        for dataset_id, gone in by_dataset.items():
+            raw = dataset_raws[dataset_id]
+            for record in gone:
+                raw["files"].pop(record.path, None)
+                raw["user_defined"]["kosh_information"][f"{record.path}___associated_last_modified"] = now
+            for chunk in _chunks([r.path for r in gone]):
+                conn.execute(_DOCUMENT.delete().where(_DOCUMENT.c.id == dataset_id,
+                                                      _DOCUMENT.c.uri.in_(chunk)))
+            if raw["files"]:
+                raw["data"]["last_modified_date"] = {"value": date}
+                conn.execute(_RECORD.update().where(_RECORD.c.id == dataset_id)
+                             .values(raw=sjson.dumps(raw)))
+                conn.execute(_STRING.update().where(_STRING.c.id == dataset_id,
+                                                    _STRING.c.name == "last_modified_date")
+                             .values(value=date))
+            else:
+                empty_datasets.append(dataset_id)
+        self._delete_records(conn, delete_ids + empty_datasets)
+        if rewrite:  # file records shared with other datasets (plain-Kosh stores)
+            self._replace_records(conn, rewrite)
+        remaining = self.locate(conn, [r.path for r in records])
+        result.still_referenced = set(remaining)
+        return result
+
+    def _raws(self, conn: Connection, record_ids: List[str]) -> Dict[str, Dict[str, Any]]:
+        out = {}
+        for chunk in _chunks(record_ids):
+            for record_id, raw in conn.execute(sa.select(_RECORD.c.id, _RECORD.c.raw)
+                                               .where(_RECORD.c.id.in_(chunk))):
+                out[record_id] = sjson.loads(raw)
+        return out
+
+    def _delete_records(self, conn: Connection, record_ids: List[str]) -> None:
+        """Delete records and every row that hangs off them (Sina's cascade, explicitly)."""
+        for chunk in _chunks(record_ids):
+            self._delete_rows(conn, chunk)
+            conn.execute(_RELATIONSHIP.delete().where(sa.or_(
+                _RELATIONSHIP.c.subject_id.in_(chunk), _RELATIONSHIP.c.object_id.in_(chunk))))
+            conn.execute(_RECORD.delete().where(_RECORD.c.id.in_(chunk)))
+
+    def _replace_records(self, conn: Connection, raws: List[Dict[str, Any]]) -> None:
+        """Sina's update (delete and re-insert), keeping the records' relationships."""
+        inserts: Dict[sa.Table, List[Dict[str, Any]]] = defaultdict(list)
+        for chunk in _chunks([raw["id"] for raw in raws]):
+            self._delete_rows(conn, chunk)
+        for raw in raws:
+            rows = record_rows(raw)
+            conn.execute(_RECORD.update().where(_RECORD.c.id == raw["id"])
+                         .values(raw=rows.pop(_RECORD)[0]["raw"]))
+            _extend(inserts, rows)
+        self._insert(conn, inserts)
+
+    @staticmethod
+    def _delete_rows(conn: Connection, record_ids: Sequence[str]) -> None:
+        for table in _DATA_TABLES + (_DOCUMENT,):
+            conn.execute(table.delete().where(table.c.id.in_(record_ids)))
+
+    @staticmethod
+    def _insert(conn: Connection, inserts: Dict[sa.Table, List[Dict[str, Any]]]) -> None:
+        order = (_RECORD, _RELATIONSHIP, _SCALAR, _STRING, _SCALAR_LIST, _STRING_LIST_MASTER,
+                 _STRING_LIST_ENTRY, _DOCUMENT)
+        for table in order:
+            rows = inserts.get(table)
+            for chunk in _chunks(rows or [], 2000):
+                conn.execute(table.insert(), list(chunk))
+
+
+class _Retry(Exception):
+    """A transient conflict with another writer."""
+
+
+def _extend(into: Dict[sa.Table, List[Dict[str, Any]]],
+            rows: Dict[sa.Table, List[Dict[str, Any]]]) -> None:
+    for table, table_rows in rows.items():
+        into[table].extend(table_rows)
+
+
+def _error_code(error: sa.exc.DBAPIError) -> Optional[int]:
+    return getattr(getattr(error, "orig", None), "errno", None)
+
+
+def _as_int(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, Real) else None
+
+
+def _username() -> str:
+    return os.environ.get("USER", "default")
+
+
+def _user_id(username: str) -> str:
+    return hashlib.md5(username.encode()).hexdigest()
+
+
+def fast_sha(path: str) -> str:
+    """Kosh's own fast checksum of a file (what ``associate`` stores)."""
+    from kosh.utils import compute_fast_sha
+    return compute_fast_sha(path)

@@ -1,0 +1,232 @@
+"""Argument checks shared by the facade: names, versions, paths, metadata, file formats.
+
+Every check raises an :mod:`ams.errors` type naming the bad value, before the
+store or any file is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from .errors import (InvalidArgumentError, InvalidArgumentTypeError, InvalidMetadataError,
+                     MissingFileError, UnknownEntryTypeError, WrongFileFormatError)
+
+MAX_NAME_LENGTH = 255      # Sina's name columns are VARCHAR(255)
+MAX_STRING_LENGTH = 15000  # Sina's string value columns are VARCHAR(15000)
+MAX_PATH_LENGTH = 1500     # Sina's Document.uri is VARCHAR(1500)
+MAX_VERSION = 2**31 - 1    # versions are also kept as REAL by Sina; stay far below 2**53
+_INT64 = 2**63
+VALID_ENTRIES = ("data", "models", "candidates")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def name(value: Any, what: str) -> str:
+    """A domain or application name: a non-empty str of at most 255 characters."""
+    if not isinstance(value, str):
+        raise InvalidArgumentTypeError(f"{what} must be a str, not {type(value).__name__} "
+                                       f"({_short(value)})")
+    if not value:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(f"{what} is {len(value)} characters long; the limit is "
+                                   f"{MAX_NAME_LENGTH}: {_short(value)}")
+    _encodable(value, what)
+    return value
+
+
+def optional_name(value: Any, what: str) -> Optional[str]:
+    return None if value is None else name(value, what)
+
+
+def entry_type(value: Any, what: str = "entry type") -> str:
+    if not isinstance(value, str) or value not in VALID_ENTRIES:
+        raise UnknownEntryTypeError(f"unknown {what} {_short(value)}; valid: "
+                                    + ", ".join(VALID_ENTRIES))
+    return value
+
+
+def version(value: Any, what: str = "version") -> int:
+    """An explicit version: an int from 0 to 2**31-1 (bool is not a version)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentTypeError(f"{what} must be an int, not {type(value).__name__} "
+                                       f"({_short(value)})")
+    value = int(value)
+    if not 0 <= value <= MAX_VERSION:
+        raise InvalidArgumentError(f"{what} must be between 0 and {MAX_VERSION}, not {value}")
+    return value
+
+
+def optional_version(value: Any) -> Optional[int]:
+    return None if value is None else version(value)
+
+
+def version_selector(value: Any, what: str = "versions") -> Union[None, str, List[int]]:
+    """``None`` (all), ``"latest"``, an int, or a list of ints -> None, "latest" or a list."""
+    if value is None or value == "latest" and isinstance(value, str):
+        return value
+    if isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be None, 'latest', an int or a list of ints, "
+                                   f"not {_short(value)}")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sorted({version(item, f"each of {what}") for item in value})
+    return [version(value, what)]
+
+
+def path_list(value: Any, what: str) -> List[str]:
+    """A list (or tuple) of paths; a lone str is a mistake worth naming."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise InvalidArgumentTypeError(f"{what} must be a list of paths, not a single "
+                                       f"{type(value).__name__} ({_short(value)}); "
+                                       "wrap it in a list")
+    if not isinstance(value, (list, tuple)):
+        raise InvalidArgumentTypeError(f"{what} must be a list of paths, not "
+                                       f"{type(value).__name__} ({_short(value)})")
+    return [absolute_path(item, f"each of {what}") for item in value]
+
+
+def absolute_path(value: Any, what: str = "path") -> str:
+    """An absolute, symlink-resolved path (the file need not exist)."""
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
+        raise InvalidArgumentTypeError(f"{what} must be a str or os.PathLike, not "
+                                       f"{type(value).__name__} ({_short(value)})")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise InvalidArgumentTypeError(f"{what} must be a text path, not bytes ({_short(value)})")
+    if not text:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if "\x00" in text:
+        raise InvalidArgumentError(f"{what} contains a NUL character: {_short(text)}")
+    _encodable(text, what)
+    resolved = os.path.realpath(os.path.expanduser(text))
+    if len(resolved) > MAX_PATH_LENGTH:
+        raise InvalidArgumentError(f"{what} is {len(resolved)} characters long once resolved; "
+                                   f"the store's limit is {MAX_PATH_LENGTH}: {_short(resolved)}")
+    return resolved
+
+
+def unique(paths: Sequence[str], what: str) -> List[str]:
+    seen = set()
+    for path in paths:
+        if path in seen:
+            raise InvalidArgumentError(f"{what} lists {path!r} more than once")
+        seen.add(path)
+    return list(paths)
+
+
+def existing_file(path: str) -> str:
+    if not os.path.exists(path):
+        raise MissingFileError(f"file does not exist: {path!r}")
+    if not os.path.isfile(path):
+        raise MissingFileError(f"not a regular file: {path!r}")
+    return path
+
+
+def file_format(path: str, entry: str) -> None:
+    """Data and candidates must be HDF5 files h5py can open; models TorchScript archives."""
+    if entry == "models":
+        from .loaders.torchscript import is_torchscript_archive
+        if not is_torchscript_archive(path):
+            raise WrongFileFormatError(f"not a TorchScript archive (torch.jit.save): {path!r}")
+        return
+    import h5py
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except Exception as error:  # h5py raises OSError and friends for non-HDF5 files
+        raise WrongFileFormatError(f"not a readable HDF5 file ({error.__class__.__name__}): "
+                                   f"{path!r}") from None
+
+
+def metadata(value: Any, reserved: Iterable[str] = (), what: str = "metadata") -> Dict[str, Any]:
+    """A copy of ``value`` whose keys and values Kosh stores faithfully.
+
+    Values: bool, int (64-bit), finite float, str, or a list of one of those
+    (ints and floats may mix). None, NaN, infinities, nested dicts and tuples
+    are rejected, as are keys the store itself uses (``reserved``).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentTypeError(f"{what} must be a dict, not {type(value).__name__} "
+                                       f"({_short(value)})")
+    reserved = set(reserved)
+    out: Dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidMetadataError(f"{what} keys must be str, not {type(key).__name__} "
+                                       f"({_short(key)})")
+        if not key or len(key) > MAX_NAME_LENGTH:
+            raise InvalidMetadataError(f"{what} key must have 1 to {MAX_NAME_LENGTH} "
+                                       f"characters: {_short(key)}")
+        _encodable(key, f"{what} key")
+        if key in reserved:
+            raise InvalidMetadataError(f"{what} key {key!r} is reserved by the store "
+                                       f"(reserved: {', '.join(sorted(reserved))})")
+        out[key] = _value(item, f"{what}[{key!r}]")
+    return out
+
+
+def _value(item: Any, what: str) -> Any:
+    if isinstance(item, list):
+        values = [_scalar(element, f"an element of {what}") for element in item]
+        kinds = {_kind(element) for element in values}
+        if len(kinds) > 1:
+            raise InvalidMetadataError(f"{what} mixes types ({', '.join(sorted(kinds))}); "
+                                       "a list must hold one type")
+        return values
+    return _scalar(item, what)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "str"
+
+
+def _scalar(item: Any, what: str) -> Any:
+    if isinstance(item, bool):
+        return item
+    if isinstance(item, numbers.Integral):
+        item = int(item)
+        if not -_INT64 <= item < _INT64:
+            raise InvalidMetadataError(f"{what} = {item} does not fit in 64 bits")
+        return item
+    if isinstance(item, numbers.Real):
+        item = float(item)
+        if not math.isfinite(item):
+            raise InvalidMetadataError(f"{what} = {item!r}: NaN and infinities cannot be stored")
+        return item
+    if isinstance(item, str):
+        if len(item) > MAX_STRING_LENGTH:
+            raise InvalidMetadataError(f"{what} is a string of {len(item)} characters; the "
+                                       f"limit is {MAX_STRING_LENGTH}")
+        _encodable(item, what)
+        return item
+    if item is None:
+        raise InvalidMetadataError(f"{what} is None; the store keeps no None values "
+                                   "(leave the key out)")
+    raise InvalidMetadataError(f"{what} has type {type(item).__name__} ({_short(item)}); "
+                               "allowed: bool, int, float, str or a list of one of those")
+
+
+def _encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} is not valid Unicode text: {_short(text)}") from None
+
+
+def boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgumentTypeError(f"{what} must be True or False, not {_short(value)}")
+    return value

@@ -1,0 +1,81 @@
+"""One exception tree for the whole package.
+
+Every error ``ams`` raises derives from :class:`AMSStoreError`, and also from
+the built-in exception a caller of the original API would have caught, so
+existing ``except ValueError:`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AMSStoreError",
+    "StoreClosedError",
+    "ReadOnlyStoreError",
+    "BadURLError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "InvalidMetadataError",
+    "UnknownEntryTypeError",
+    "MissingFileError",
+    "WrongFileFormatError",
+    "DuplicateEntryError",
+    "NotFoundError",
+    "BackendError",
+    "ConcurrencyError",
+]
+
+
+class AMSStoreError(Exception):
+    """Base class of every error raised by ``ams``."""
+
+
+class StoreClosedError(AMSStoreError, RuntimeError):
+    """A data call was made on a store that is not open."""
+
+
+class ReadOnlyStoreError(AMSStoreError, RuntimeError):
+    """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class BadURLError(AMSStoreError, ValueError):
+    """The store URL is not one of the accepted forms."""
+
+
+class InvalidArgumentError(AMSStoreError, ValueError):
+    """An argument has the right type but a value the store cannot accept."""
+
+
+class InvalidArgumentTypeError(AMSStoreError, TypeError):
+    """An argument has a type the store cannot accept."""
+
+
+class InvalidMetadataError(AMSStoreError, ValueError):
+    """A metadata key or value cannot be stored faithfully."""
+
+
+class UnknownEntryTypeError(AMSStoreError, ValueError):
+    """An entry type other than ``data``, ``models`` or ``candidates``."""
+
+
+class MissingFileError(AMSStoreError, FileNotFoundError):
+    """A file to register does not exist (or is a directory)."""
+
+
+class WrongFileFormatError(AMSStoreError, ValueError):
+    """A file is not of the format its entry type requires (HDF5, TorchScript)."""
+
+
+class DuplicateEntryError(AMSStoreError, ValueError):
+    """A path is already registered in the store."""
+
+
+class NotFoundError(AMSStoreError, LookupError):
+    """Something asked for by name is not in the store."""
+
+
+class BackendError(AMSStoreError, RuntimeError):
+    """The database failed: unreachable, bad credentials, lost connection."""
+
+
+class ConcurrencyError(BackendError):
+    """A write kept conflicting with other writers after all retries."""

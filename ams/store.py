@@ -1,0 +1,512 @@
+"""The facade: :class:`AMSDataStore`, the persistent catalogue of AMS.
+
+It checks every argument, logs what it does and delegates to the Kosh adapter
+(:mod:`ams._kosh`); it never builds queries itself.
+
+>>> with AMSDataStore("my-app", "sqlite:///ams.db") as store:       # doctest: +SKIP
+...     store.add_data("EOS", ["run1.h5", "run2.h5"], metadata={"cycle": 3})
+...     store.get_data_files("EOS", versions="latest")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+from . import _kosh, _match, _validate
+from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
+                     NotFoundError, ReadOnlyStoreError, StoreClosedError, AMSStoreError)
+from .store_types import AMSModelDescr, Entry
+from .url import StoreURL, parse_store_url
+
+__all__ = ["AMSDataStore", "RemoveReport"]
+
+LOGGER = logging.getLogger(__name__)
+
+VersionSelector = Union[None, str, int, Sequence[int]]
+# Attributes the store sets itself on every entry / every model entry.
+_MODEL_FIELDS = ("path", "threshold", "uq_type", "uq_aggregate", "test_error", "val_error")
+_RESERVED_KEYS = frozenset(_kosh.KOSH_FILE_FIELDS | {"date"})
+
+
+@dataclass
+class RemoveReport:
+    """What a ``remove_*`` call did.
+
+    ``removed``: paths whose records were removed; ``not_found``: requested
+    paths the entry does not hold; ``purged``: files deleted from disk;
+    ``kept``: removed paths not deleted because the store still references
+    them; ``purge_errors``: path -> why deleting it failed.
+    """
+
+    removed: List[str] = field(default_factory=list)
+    not_found: List[str] = field(default_factory=list)
+    purged: List[str] = field(default_factory=list)
+    kept: List[str] = field(default_factory=list)
+    purge_errors: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"removed": list(self.removed), "not_found": list(self.not_found),
+                "purged": list(self.purged), "kept": list(self.kept),
+                "purge_errors": dict(self.purge_errors)}
+
+
+class AMSDataStore:
+    """A class representing the persistent data of AMS.
+
+    A catalogue of files in three entry types per domain (a physics sub-model
+    such as ``EOS``): ``data`` (HDF5 training files), ``candidates`` (HDF5
+    files that may become data) and ``models`` (TorchScript surrogates), each
+    in integer versions with metadata. It lives in a Kosh store (SQLite file
+    or MariaDB database) with the original backend's layout, so plain Kosh
+    reads it too.
+
+    Construction does no I/O; call :meth:`open` or use ``with``.
+    """
+
+    entry_suffix = {"data": "h5", "models": "pt", "candidates": "h5"}
+    entry_mime_types = {"data": "hdf5", "models": "zip", "candidates": "hdf5"}
+    valid_entries = {"data", "candidates", "models"}
+    valid_dbs = {"sqlite", "mariadb"}
+
+    def __init__(self, application_name: str, url: Union[str, "os.PathLike[str]"],
+                 read_only: bool = False) -> None:
+        """Initializes the AMSDataStore class. Upon init the kosh-store is closed and not connected.
+
+        ``url``: ``sqlite:///path.db``, a plain path, or
+        ``mariadb://user:password@host:port/database``. ``read_only=True``
+        refuses every write (for analysis jobs and notebooks).
+        """
+        self._application_name = _validate.name(application_name, "application_name")
+        self._url: StoreURL = parse_store_url(url)
+        self._read_only = _validate.boolean(read_only, "read_only")
+        self._adapter: Optional[_kosh.KoshAdapter] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def application_name(self) -> str:
+        return self._application_name
+
+    @property
+    def url(self) -> StoreURL:
+        """The parsed URL (its ``str()`` hides the password)."""
+        return self._url
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def is_open(self) -> bool:
+        """Check whether we are connected to a database."""
+        return self._adapter is not None
+
+    def open(self) -> "AMSDataStore":
+        """Open and connect to the database, creating the tables if needed; returns self."""
+        if self._adapter is not None:
+            return self
+        adapter = _kosh.KoshAdapter(self._url, read_only=self._read_only)
+        adapter.open()
+        self._adapter = adapter
+        self._register_loaders()
+        if adapter.created:
+            LOGGER.info("created %s in %s", ", ".join(adapter.created), self._url)
+        LOGGER.debug("opened %s", self)
+        return self
+
+    def close(self) -> None:
+        """Close the connection; harmless when already closed."""
+        if self._adapter is not None:
+            self._adapter.close()
+            self._adapter = None
+
+    def __enter__(self) -> "AMSDataStore":
+        return self.open()
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        state = "open" if self.is_open() else "closed"
+        mode = ", read-only" if self._read_only else ""
+        return f"AMSDataStore(application_name={self._application_name!r}, url='{self._url}', {state}{mode})"
+
+    __repr__ = __str__
+
+    @property
+    def created_tables(self) -> List[str]:
+        """Tables and indexes the last :meth:`open` created (empty for an existing store)."""
+        return list(self._require_open().created)
+
+    def _register_loaders(self) -> None:
+        """Nothing to do in-process: notebooks call ``ams.loaders.register_loaders``."""
+
+    def _require_open(self) -> _kosh.KoshAdapter:
+        if self._adapter is None:
+            raise StoreClosedError(f"the store {self._url} is closed; call open() or use 'with'")
+        return self._adapter
+
+    def _require_writable(self) -> _kosh.KoshAdapter:
+        adapter = self._require_open()
+        if self._read_only:
+            raise ReadOnlyStoreError(f"the store {self._url} was opened read-only")
+        return adapter
+
+    # ------------------------------------------------------------------ adding
+    def add_data(self, domain_name: str, data_files: Sequence[str] = (), version: Optional[int] = None,
+                 metadata: Optional[Mapping[str, Any]] = None) -> int:
+        """Adds files in the kosh-store and associates them to the 'data' entry.
+
+        ``data_files`` are HDF5 files; all go into one version (a new one when
+        ``version`` is None). Returns the version. Nothing is recorded if any
+        file is rejected.
+        """
+        return self._add_entries(domain_name, "data", data_files, version, metadata)
+
+    def add_candidates(self, domain_name: str, data_files: Sequence[str] = (),
+                       version: Optional[int] = None,
+                       metadata: Optional[Mapping[str, Any]] = None) -> int:
+        """Adds files in the kosh-store and associates them to the 'candidates' entry."""
+        return self._add_entries(domain_name, "candidates", data_files, version, metadata)
+
+    def add_model(self, domain_name: str, model: AMSModelDescr, test_error: float,
+                  val_error: float, version: Optional[int] = None,
+                  metadata: Optional[Mapping[str, Any]] = None) -> int:
+        """Adds a model in the kosh-store and associates them to the 'models' entry.
+
+        The model's fields (path, threshold, uq_type, uq_aggregate), ``test_error``
+        and ``val_error`` become attributes of its entry; a ``metadata`` key that
+        collides with them is an error. Returns the version.
+        """
+        if not isinstance(model, AMSModelDescr):
+            raise InvalidArgumentTypeError(f"model must be an AMSModelDescr, not "
+                                           f"{type(model).__name__}")
+        errors = {"test_error": test_error, "val_error": val_error}
+        for key, value in errors.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgumentTypeError(f"{key} must be a number, not {value!r}")
+        checked = _validate.metadata(metadata, _RESERVED_KEYS | set(_MODEL_FIELDS))
+        attributes = _validate.metadata({**model.to_dict(), **errors})
+        return self._add_entries(domain_name, "models", [model.path], version, checked,
+                                 extra=attributes)
+
+    def _add_entries(self, domain_name: str, entry_type: str, filenames: Sequence[str],
+                     version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
+                     extra: Optional[Dict[str, Any]] = None) -> int:
+        """Adds files of entry_type on the designated domain_name with one version and metadata."""
+        adapter = self._require_writable()
+        domain_name = _validate.name(domain_name, "domain_name")
+        entry_type = _validate.entry_type(entry_type)
+        paths = _validate.unique(_validate.path_list(filenames, "files"), "files")
+        if not paths:
+            raise InvalidArgumentError(f"no files given to add to {entry_type} of {domain_name!r}")
+        version = _validate.optional_version(version)
+        values = _validate.metadata(metadata, _RESERVED_KEYS)
+        values.update(extra or {})
+        values["date"] = _kosh.now_string()
+        files = [self._new_file(path, entry_type, values) for path in paths]
+        result = adapter.add_files(self._application_name, domain_name, entry_type,
+                                   self.entry_mime_types[entry_type], files, version,
+                                   precommit=lambda: _still_there(paths))
+        LOGGER.info("added %d file(s) to %s/%s version %d", len(files), domain_name,
+                    entry_type, result)
+        return result
+
+    @staticmethod
+    def _new_file(path: str, entry_type: str, metadata: Dict[str, Any]) -> _kosh.NewFile:
+        _validate.existing_file(path)
+        _validate.file_format(path, entry_type)
+        return _kosh.NewFile(path, dict(metadata), _kosh.fast_sha(path))
+
+    # ------------------------------------------------------------------ removing
+    def remove_data(self, domain_name: str, filenames: Optional[Sequence[str]],
+                    version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
+                    purge: bool = True) -> RemoveReport:
+        """Remove files from the data entry (and from the filesystem when ``purge``)."""
+        return self._remove_entries(domain_name, "data", filenames, version, metadata, purge)
+
+    def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
+                      version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
+                      purge: bool = True) -> RemoveReport:
+        """Remove models from the models entry (and from the filesystem when ``purge``)."""
+        return self._remove_entries(domain_name, "models", models, version, metadata, purge)
+
+    def remove_candidates(self, domain_name: str, filenames: Optional[Sequence[str]],
+                          version: Optional[int] = None,
+                          metadata: Optional[Mapping[str, Any]] = None,
+                          purge: bool = True) -> RemoveReport:
+        """Remove files from the candidates entry (and from the filesystem when ``purge``)."""
+        return self._remove_entries(domain_name, "candidates", filenames, version, metadata, purge)
+
+    def _remove_entries(self, domain_name: str, entry_type: str,
+                        filenames: Optional[Sequence[str]], version: VersionSelector = None,
+                        metadata: Optional[Mapping[str, Any]] = None,
+                        purge: bool = True) -> RemoveReport:
+        """Remove the matching records in one transaction; purge files after the commit.
+
+        ``filenames=None`` removes every file the ``version`` and ``metadata``
+        filters match. Requested paths the entry does not hold are reported in
+        the result and logged as a warning. A file is deleted only when no
+        record of the store still references it; a failed deletion is reported
+        and does not stop the others.
+        """
+        adapter = self._require_writable()
+        domain_name = _validate.name(domain_name, "domain_name")
+        entry_type = _validate.entry_type(entry_type)
+        paths = None if filenames is None else _validate.path_list(filenames, "filenames")
+        versions = _validate.version_selector(version, "version")
+        matches = _match.compile_conditions(metadata)
+        purge = _validate.boolean(purge, "purge")
+        if paths is not None and not paths:
+            return RemoveReport()
+        result = adapter.remove_files(self._application_name, domain_name, entry_type,
+                                      lambda record: matches(record.metadata), versions, paths)
+        report = RemoveReport(removed=sorted(r.path for r in result.removed))
+        if paths is not None:
+            report.not_found = sorted(set(paths) - set(report.removed))
+            if report.not_found:
+                LOGGER.warning("%d file(s) to remove are not in %s/%s%s: %s",
+                               len(report.not_found), domain_name, entry_type,
+                               "" if version is None else f" version {version}",
+                               ", ".join(report.not_found[:5]))
+        LOGGER.info("removed %d file(s) from %s/%s", len(report.removed), domain_name, entry_type)
+        report.kept = sorted(set(report.removed) & result.still_referenced)
+        if purge:
+            self._purge([p for p in report.removed if p not in result.still_referenced], report)
+        return report
+
+    @staticmethod
+    def _purge(paths: Sequence[str], report: RemoveReport) -> None:
+        for path in paths:
+            try:
+                os.remove(path)
+                report.purged.append(path)
+            except FileNotFoundError:
+                LOGGER.debug("purge: %s was already gone", path)
+            except OSError as error:
+                report.purge_errors[path] = str(error)
+                LOGGER.error("purge: could not delete %s: %s", path, error)
+
+    # ------------------------------------------------------------------ versions and files
+    def get_data_versions(self, domain_name: str, associate_files: bool = False):
+        """Returns a list of versions existing for the data entry (or version -> files)."""
+        return self._get_entry_versions(domain_name, "data", associate_files)
+
+    def get_model_versions(self, domain_name: str, associate_files: bool = False):
+        """Returns a list of versions existing for the model entry (or version -> files)."""
+        return self._get_entry_versions(domain_name, "models", associate_files)
+
+    def get_candidate_versions(self, domain_name: str, associate_files: bool = False):
+        """Returns a list of versions existing for the candidate entry (or version -> files)."""
+        return self._get_entry_versions(domain_name, "candidates", associate_files)
+
+    def _get_entry_versions(self, domain_name: str, entry_type: str,
+                            associate_files: bool = False) -> Union[List[int], Dict[int, List[str]]]:
+        """Sorted distinct versions, or with ``associate_files`` a dict version -> paths."""
+        adapter = self._require_open()
+        domain_name = _validate.name(domain_name, "domain_name")
+        entry_type = _validate.entry_type(entry_type)
+        associate_files = _validate.boolean(associate_files, "associate_files")
+        with adapter.read() as conn:
+            datasets = adapter.datasets(conn, adapter.ensembles(conn, self._application_name,
+                                                                [domain_name]), [entry_type])
+            if not associate_files:
+                return sorted({d.version for d in datasets})
+            paths = adapter.dataset_paths(conn, datasets)
+        out: Dict[int, List[str]] = {}
+        for dataset in datasets:
+            out.setdefault(dataset.version, []).extend(paths[dataset.id])
+        return {v: sorted(out[v]) for v in sorted(out)}
+
+    def get_files(self, domain_name: str, entry: str, versions: VersionSelector = None) -> List[str]:
+        """Returns a list of paths to files for the specified version(s).
+
+        ``versions``: None -> all files; ``"latest"`` -> files of the highest
+        version; an int or a list of ints -> files of those versions. An
+        unknown domain gives an empty list.
+        """
+        entry = _validate.entry_type(entry, "entry")
+        selector = _validate.version_selector(versions)
+        by_version = self._get_entry_versions(domain_name, entry, associate_files=True)
+        if not by_version:
+            return []
+        if selector == "latest":
+            chosen = [max(by_version)]
+        elif selector is None:
+            chosen = list(by_version)
+        else:
+            chosen = [v for v in selector if v in by_version]
+        return [path for v in chosen for path in by_version[v]]
+
+    def get_candidate_files(self, domain_name: str, versions: VersionSelector = None) -> List[str]:
+        """Files of the candidates entry for ``versions`` (None, "latest", int or list)."""
+        return self.get_files(domain_name, "candidates", versions)
+
+    def get_model_files(self, domain_name: str, versions: VersionSelector = None) -> List[str]:
+        """Files of the models entry for ``versions`` (None, "latest", int or list)."""
+        return self.get_files(domain_name, "models", versions)
+
+    def get_data_files(self, domain_name: str, versions: VersionSelector = None) -> List[str]:
+        """Files of the data entry for ``versions`` (None, "latest", int or list)."""
+        return self.get_files(domain_name, "data", versions)
+
+    # ------------------------------------------------------------------ finding
+    def find(self, domain_name: Optional[str] = None, filename: Optional[str] = None,
+             entry_type: Optional[str] = None, version: Union[None, int, str] = None) -> List[Dict[str, Any]]:
+        """Entries (dicts) matching all given filters; ``version`` may be ``"latest"``."""
+        path = None if filename is None else _validate.absolute_path(filename, "filename")
+        return self._entries(domain_name, entry_type, version, {}, None if path is None else [path])
+
+    def search(self, domain_name: Optional[str] = None, entry: Optional[str] = None,
+               version: Union[None, int, str] = None,
+               metadata: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+        """Search for entries whose metadata match, as dicts.
+
+        ``metadata``: ``{key: value}`` for equality, or ``{key: {op: value}}``
+        with ``op`` in ``==, !=, <, <=, >, >=, in``. Metadata filters first;
+        ``version="latest"`` then keeps the matches of the highest matching
+        version per domain and entry.
+
+        >>> store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}})  # doctest: +SKIP
+        """
+        return self._entries(domain_name, entry, version, metadata, None)
+
+    def _entries(self, domain_name: Optional[str], entry_type: Optional[str],
+                 version: Union[None, int, str], metadata: Any,
+                 paths: Optional[List[str]]) -> List[Dict[str, Any]]:
+        adapter = self._require_open()
+        domain_name = _validate.optional_name(domain_name, "domain_name")
+        if entry_type is not None:
+            entry_type = _validate.entry_type(entry_type)
+        latest = isinstance(version, str) and version == "latest"
+        exact = None if version is None or latest else _validate.version(version)
+        matches = _match.compile_conditions(metadata)
+        with adapter.read() as conn:
+            ensembles = adapter.ensembles(conn, self._application_name,
+                                          None if domain_name is None else [domain_name])
+            datasets = adapter.datasets(conn, ensembles,
+                                        None if entry_type is None else [entry_type])
+            if exact is not None:
+                datasets = [d for d in datasets if d.version == exact]
+            records = adapter.file_records(conn, datasets, paths)
+        records = [r for r in records if matches(r.metadata)]
+        if latest:
+            top: Dict[Any, int] = {}
+            for r in records:
+                key = (r.dataset.ensemble.domain_name, r.dataset.entry_type)
+                top[key] = max(top.get(key, r.dataset.version), r.dataset.version)
+            records = [r for r in records
+                       if r.dataset.version == top[(r.dataset.ensemble.domain_name,
+                                                    r.dataset.entry_type)]]
+        return [_entry(r).to_dict() for r in records]
+
+    # ------------------------------------------------------------------ moving
+    def move(self, domain_name: str, dest_root_path: Union[str, "os.PathLike[str]"],
+             src_type: str, dest_type: str, filenames: Sequence[str],
+             version: Optional[int] = None) -> List[str]:
+        """Move registered files from ``src_type`` to ``dest_type`` (e.g. candidates -> data).
+
+        Copies each file into ``dest_root_path``, registers the copies in one
+        version of ``dest_type`` (a new one unless ``version``) with their
+        metadata, removes the sources from ``src_type`` and deletes the source
+        files. Fails before changing anything when a destination exists; if
+        the database step fails, the copies are deleted and nothing changed.
+        Returns the new paths.
+        """
+        adapter = self._require_writable()
+        domain_name = _validate.name(domain_name, "domain_name")
+        src_type = _validate.entry_type(src_type, "src_type")
+        dest_type = _validate.entry_type(dest_type, "dest_type")
+        if src_type == dest_type:
+            raise InvalidArgumentError(f"src_type and dest_type are both {src_type!r}")
+        sources = _validate.unique(_validate.path_list(filenames, "filenames"), "filenames")
+        if not sources:
+            raise InvalidArgumentError("no files given to move")
+        dest_root = _validate.absolute_path(dest_root_path, "dest_root_path")
+        version = _validate.optional_version(version)
+        if os.path.exists(dest_root) and not os.path.isdir(dest_root):
+            raise InvalidArgumentError(f"dest_root_path is not a directory: {dest_root!r}")
+        targets = [os.path.join(dest_root, os.path.basename(src)) for src in sources]
+        _validate.unique(targets, "destination names")
+        for src, target in zip(sources, targets):
+            _validate.existing_file(src)
+            if os.path.lexists(target):
+                raise InvalidArgumentError(f"destination already exists: {target!r}")
+            _validate.file_format(src, dest_type)
+        registered = {r["filename"] for r in self._entries(domain_name, src_type, None, {}, sources)}
+        missing = [src for src in sources if src not in registered]
+        if missing:
+            raise NotFoundError(f"not registered as {src_type} of domain {domain_name!r}: "
+                                + ", ".join(map(repr, missing)))
+        made_dir = not os.path.isdir(dest_root)
+        copies: List[str] = []
+        try:
+            os.makedirs(dest_root, exist_ok=True)
+            moves = []
+            for src, target in zip(sources, targets):
+                shutil.copy2(src, target)
+                copies.append(target)
+                moves.append((src, _kosh.NewFile(target, {}, _kosh.fast_sha(target))))
+            new_version, result = adapter.move_files(
+                self._application_name, domain_name, src_type, dest_type,
+                self.entry_mime_types[dest_type], moves, version, _kosh.now_string())
+        except BaseException:
+            for copy in copies:
+                _silently_remove(copy)
+            if made_dir:
+                try:
+                    os.rmdir(dest_root)
+                except OSError:
+                    pass
+            raise
+        report = RemoveReport(removed=sorted(r.path for r in result.removed))
+        self._purge([p for p in report.removed if p not in result.still_referenced], report)
+        LOGGER.info("moved %d file(s) of %s from %s to %s version %d", len(targets),
+                    domain_name, src_type, dest_type, new_version)
+        return targets
+
+    # ------------------------------------------------------------------ names
+    def suggest_model_file_name(self, domain_name: Optional[str] = None) -> str:
+        """A fresh file name ``<domain>_<unique>.pt`` for a new model."""
+        return self._suggest_entry_file_name("models", domain_name)
+
+    def suggest_candidate_file_name(self, domain_name: Optional[str] = None) -> str:
+        """A fresh file name ``<domain>_<unique>.h5`` for new candidates."""
+        return self._suggest_entry_file_name("candidates", domain_name)
+
+    def suggest_data_file_name(self, domain_name: Optional[str] = None) -> str:
+        """A fresh file name ``<domain>_<unique>.h5`` for new data."""
+        return self._suggest_entry_file_name("data", domain_name)
+
+    def _suggest_entry_file_name(self, entry: str, domain_name: Optional[str]) -> str:
+        entry = _validate.entry_type(entry, "entry")
+        domain_name = _validate.optional_name(domain_name, "domain_name")
+        if domain_name is not None and ("/" in domain_name or "\x00" in domain_name):
+            raise InvalidArgumentError(f"domain_name {domain_name!r} cannot be part of a file name")
+        prefix = domain_name or self._application_name.replace("/", "_")
+        return f"{prefix}_{uuid.uuid4().hex}.{self.entry_suffix[entry]}"
+
+
+def _entry(record: _kosh.FileRecord) -> Entry:
+    dataset = record.dataset
+    return Entry(id=record.id, application_name=dataset.ensemble.application_name,
+                 domain_name=dataset.ensemble.domain_name, filename=record.path,
+                 entry_type=dataset.entry_type, version=dataset.version,
+                 metadata=record.metadata)
+
+
+def _still_there(paths: Sequence[str]) -> None:
+    """Raise if a file vanished between the checks and the commit."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise MissingFileError(f"file disappeared before it could be registered: {path!r}")
+
+
+def _silently_remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError as error:
+        LOGGER.error("could not delete the copy %s: %s", path, error)

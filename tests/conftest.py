@@ -1,0 +1,211 @@
+"""Shared fixtures: one ``store_url`` / ``store`` per backend, real HDF5 and TorchScript files.
+
+MariaDB comes from ``AMS_TEST_MARIADB_URL`` (default
+``mariadb://root:@127.0.0.1:3306/``); each test gets a fresh database that is
+dropped afterwards. With no server answering, MariaDB tests are skipped,
+unless ``AMS_REQUIRE_MARIADB=1`` (as in CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+
+DEFAULT_MARIADB_URL = "mariadb://root:@127.0.0.1:3306/"
+START_HINT = ("start one with: start-stop-daemon --start --oknodo --background "
+              "--exec /usr/sbin/mariadbd (or set AMS_TEST_MARIADB_URL)")
+
+
+# ------------------------------------------------------------------ MariaDB server
+def _server_params() -> Dict[str, object]:
+    from urllib.parse import unquote, urlsplit
+    parts = urlsplit(os.environ.get("AMS_TEST_MARIADB_URL", DEFAULT_MARIADB_URL))
+    return {"user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
+            "host": parts.hostname or "127.0.0.1", "port": parts.port or 3306}
+
+
+def mariadb_admin():
+    """A mysql-connector connection to the test server (no database selected)."""
+    import mysql.connector
+    params = _server_params()
+    return mysql.connector.connect(connection_timeout=5, use_pure=True, **params)
+
+
+_SERVER_STATE: Dict[str, object] = {}
+
+
+def mariadb_available() -> bool:
+    if "ok" not in _SERVER_STATE:
+        try:
+            mariadb_admin().close()
+            _SERVER_STATE["ok"] = True
+        except Exception as error:  # noqa: BLE001 - any failure means "no server"
+            _SERVER_STATE["ok"] = False
+            _SERVER_STATE["why"] = str(error)
+    return bool(_SERVER_STATE["ok"])
+
+
+def require_mariadb() -> None:
+    if mariadb_available():
+        return
+    message = f"no MariaDB server answers ({_SERVER_STATE.get('why')}); {START_HINT}"
+    if os.environ.get("AMS_REQUIRE_MARIADB") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def mariadb_url(database: str) -> str:
+    params = _server_params()
+    auth = params["user"] + (f":{params['password']}" if params["password"] else "")
+    return f"mariadb://{auth}@{params['host']}:{params['port']}/{database}"
+
+
+@pytest.fixture
+def fresh_mariadb_database() -> Callable[[], str]:
+    """Factory of fresh MariaDB databases (dropped at teardown); returns store URLs."""
+    created: List[str] = []
+
+    def make() -> str:
+        require_mariadb()
+        name = f"ams_test_{uuid.uuid4().hex[:12]}"
+        conn = mariadb_admin()
+        try:
+            conn.cursor().execute(f"CREATE DATABASE `{name}`")
+        finally:
+            conn.close()
+        created.append(name)
+        return mariadb_url(name)
+
+    yield make
+    if created:
+        conn = mariadb_admin()
+        try:
+            for name in created:
+                conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------ store fixtures
+@pytest.fixture(params=["sqlite", "mariadb"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_url(backend, tmp_path, fresh_mariadb_database) -> str:
+    """A URL to an empty store on each backend."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'ams.db'}"
+    return fresh_mariadb_database()
+
+
+@pytest.fixture
+def store(store_url):
+    """An open, empty store of application ``app`` on each backend."""
+    from ams import AMSDataStore
+    with AMSDataStore("app", store_url) as opened:
+        yield opened
+
+
+# ------------------------------------------------------------------ real files
+@pytest.fixture
+def make_h5(tmp_path) -> Callable[..., str]:
+    """Write a real HDF5 file with ``inputs``/``outputs`` datasets; returns its path."""
+    import h5py
+    import numpy as np
+    counter = {"n": 0}
+
+    def make(name: str = None, rows: int = 4, directory: Path = None, seed: int = None) -> str:
+        counter["n"] += 1
+        folder = Path(directory or tmp_path / "files")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (name or f"file_{counter['n']}.h5")
+        rng = np.random.default_rng(seed if seed is not None else counter["n"])
+        with h5py.File(path, "w") as handle:
+            handle["inputs"] = rng.random((rows, 2))
+            handle["outputs"] = rng.random((rows, 1))
+        return str(path)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def _model_bytes(tmp_path_factory) -> bytes:
+    import torch
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 1))).save(str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def make_model(tmp_path, _model_bytes) -> Callable[..., str]:
+    """Write a real TorchScript model (torch.jit.script + save); returns its path."""
+    counter = {"n": 0}
+
+    def make(name: str = None, directory: Path = None) -> str:
+        counter["n"] += 1
+        folder = Path(directory or tmp_path / "models")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (name or f"model_{counter['n']}.pt")
+        path.write_bytes(_model_bytes)
+        return str(path)
+
+    return make
+
+
+# ------------------------------------------------------------------ snapshots
+def snapshot_store(url) -> Dict[str, list]:
+    """Every row of every table, sorted: equal snapshots mean an unchanged store."""
+    import sqlalchemy as sa
+    from ams.url import StoreURL, parse_store_url
+    parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
+    engine = sa.create_engine(parsed.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            names = sa.inspect(conn).get_table_names()
+            return {name: sorted(map(repr, conn.execute(sa.text(f"SELECT * FROM {_quote(conn, name)}"))))
+                    for name in sorted(names)}
+    finally:
+        engine.dispose()
+
+
+def _quote(conn, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def snapshot_files(*roots) -> Dict[str, str]:
+    """Path -> sha256 of every file below ``roots``."""
+    out = {}
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as handle:
+                    out[path] = hashlib.sha256(handle.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def unchanged(store, tmp_path):
+    """Call ``unchanged()`` to snapshot, then ``unchanged.check()`` to assert nothing moved."""
+
+    class Guard:
+        def __call__(self):
+            self.db = snapshot_store(store.url)
+            self.files = snapshot_files(tmp_path)
+            return self
+
+        def check(self):
+            after_db = snapshot_store(store.url)
+            assert after_db == self.db, "the store changed"
+            assert snapshot_files(tmp_path) == self.files, "files changed"
+
+    return Guard()
