@@ -5,9 +5,10 @@
 
 from . import errors
 from .errors import AMSStoreError
+from .importer import ImportReport
 from .store import AMSDataStore, RemoveReport
 from .store_types import AMSModelDescr, Entry, UQAggregate, UQType
 
-__all__ = ["AMSDataStore", "AMSModelDescr", "AMSStoreError", "Entry", "RemoveReport",
+__all__ = ["AMSDataStore", "AMSModelDescr", "AMSStoreError", "Entry", "ImportReport", "RemoveReport",
            "UQAggregate", "UQType", "errors"]
 __version__ = "0.1.0"

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import operator
 import os
 import random
 import time
 import uuid
 import warnings
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +41,13 @@ from .url import StoreURL, mask_password
 LOGGER = logging.getLogger(__name__)
 
 STORE_INFO_ID = "__kosh_store_info__"
+# Seconds to wait for a MariaDB server to answer a new connection (a query may take longer).
+CONNECT_TIMEOUT_SECONDS = 5
+# MariaDB error codes that get their own message (see KoshAdapter._describe_failure).
+_ACCESS_DENIED = frozenset({1044, 1045, 1698})
+_UNKNOWN_DATABASE = 1049
+_CONNECTION_LOST = frozenset({1927, 2006, 2013, 2055, 4031})
+_DUPLICATE_KEY = 1062  # a concurrent opener inserted Kosh's records first
 # Attributes Kosh keeps on a file record besides the user's metadata.
 KOSH_FILE_FIELDS = frozenset({
     "fast_sha", "long_sha", "uri", "mime_type", "associated", "creation_date",
@@ -47,6 +56,13 @@ KOSH_FILE_FIELDS = frozenset({
 # Ensemble attributes a member dataset does not inherit (Kosh's __ok_duplicates__).
 _NOT_INHERITED = frozenset({"creator", "id", "name", "creation_date", "last_modified_date"})
 _CHUNK = 500
+# One executemany (on MariaDB one multi-row INSERT) per this many rows or bytes,
+# well under MariaDB's default 16 MB max_allowed_packet.
+_INSERT_ROWS = 2000
+_INSERT_BYTES = 4 * 2**20
+# A search narrowed in SQL to at most this many records fetches them by id.
+_BY_ID_LIMIT = 5000
+_SQLITE_CACHE_KIB = 65536  # page cache per SQLite connection (default: 2 MiB)
 
 _RECORD = sina_schema.Record.__table__
 _RELATIONSHIP = sina_schema.Relationship.__table__
@@ -80,7 +96,14 @@ def record_rows(raw: Dict[str, Any]) -> Dict[sa.Table, List[Dict[str, Any]]]:
     for name, datum in raw.get("data", {}).items():
         value = datum["value"]
         tags = sjson.dumps(datum["tags"]).decode() if "tags" in datum else None
-        if isinstance(value, list):
+        kind = type(value)  # exact-type fast paths first: ABC checks cost ~1 us each
+        if kind is str:
+            rows[_STRING].append({"id": record_id, "name": name, "value": value,
+                                  "units": datum.get("units"), "tags": tags})
+        elif kind is float or kind is int or kind is bool:
+            rows[_SCALAR].append({"id": record_id, "name": name, "value": value,
+                                  "units": datum.get("units"), "tags": tags})
+        elif isinstance(value, list):
             if not value:
                 continue
             if isinstance(value[0], Real):
@@ -156,11 +179,22 @@ class RemoveResult:
     still_referenced: Set[str] = field(default_factory=set)
 
 
+@dataclass
+class MemberDataset:
+    """A dataset of an ensemble as stored, before its name and version are checked."""
+
+    id: str
+    ensemble: Ensemble
+    name: Any
+    version: Any
+
+
 # --------------------------------------------------------------------------- adapter
 class KoshAdapter:
     """Bulk access to a Kosh store's Sina tables for one application."""
 
-    def __init__(self, url: StoreURL, read_only: bool = False, connect_timeout: int = 10):
+    def __init__(self, url: StoreURL, read_only: bool = False,
+                 connect_timeout: int = CONNECT_TIMEOUT_SECONDS):
         self.url = url
         self.read_only = read_only
         self.connect_timeout = connect_timeout
@@ -172,17 +206,16 @@ class KoshAdapter:
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        engine = self._create_engine()
+        self.engine = self._create_engine()
         try:
             with self._translate_errors("open"):
                 if not self.read_only:
-                    self.created = _sina_schema.create_tables(engine)
-                    self._initialise_kosh(engine)
-                self._read_store_info(engine)
+                    self.created = _sina_schema.create_tables(self.engine)
+                    self._initialise_kosh()
+                self._read_store_info(self.engine)
         except BaseException:
-            engine.dispose()
+            self.close()
             raise
-        self.engine = engine
 
     def close(self) -> None:
         if self.engine is not None:
@@ -191,8 +224,12 @@ class KoshAdapter:
 
     def _create_engine(self) -> Engine:
         if self.url.backend == "sqlite":
+            if self.read_only and not os.path.isfile(self.url.path):
+                # sqlite3 would create an empty file (and a reader must not write).
+                raise BackendError(f"no store at {self.url.path}: the file does not exist")
             os.makedirs(os.path.dirname(self.url.path), exist_ok=True)
-            engine = sa.create_engine(self.url.sqlalchemy_url(), poolclass=sa.pool.NullPool,
+            # Pooled: a connection kept between calls saves its setup on every call.
+            engine = sa.create_engine(self.url.sqlalchemy_url(), poolclass=sa.pool.QueuePool,
                                       connect_args={"timeout": 120, "check_same_thread": False})
 
             @event.listens_for(engine, "connect")
@@ -200,41 +237,68 @@ class KoshAdapter:
                 dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
                 dbapi_connection.execute("PRAGMA foreign_keys=ON")
                 dbapi_connection.execute("PRAGMA busy_timeout=120000")
+                # Only safe, per-connection settings: the default rollback journal
+                # and synchronous=FULL stay (WAL needs shared memory, which a store
+                # on a shared/network filesystem cannot rely on). A larger page
+                # cache keeps big inserts and their index updates in memory.
+                dbapi_connection.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
 
             @event.listens_for(engine, "begin")
             def _on_begin(connection):  # pragma: no cover - driver hook
                 mode = "BEGIN IMMEDIATE" if connection.info.get("ams_write") else "BEGIN"
                 connection.exec_driver_sql(mode)
 
+            _ENGINES.add(engine)
             return engine
-        return sa.create_engine(
-            self.url.sqlalchemy_url(), poolclass=sa.pool.NullPool,
-            isolation_level="READ COMMITTED",
+        # Pooled, checked with a ping on checkout (the server may have dropped an
+        # idle connection); a new connection costs several round trips.
+        engine = sa.create_engine(
+            self.url.sqlalchemy_url(), poolclass=sa.pool.QueuePool, pool_pre_ping=True,
+            pool_recycle=3600, isolation_level="READ COMMITTED",
             connect_args={"connection_timeout": self.connect_timeout, "charset": "utf8mb4",
                           "collation": "utf8mb4_bin", "use_pure": True},
         )
+        _ENGINES.add(engine)
+        return engine
 
-    def _initialise_kosh(self, engine: Engine) -> None:
-        """Write Kosh's store-info and user records the way ``kosh.connect`` does."""
-        with engine.connect() as conn:
-            ids = set(conn.execute(sa.select(_RECORD.c.id).where(
-                _RECORD.c.id.in_([STORE_INFO_ID, _user_id(_username()), _user_id("anonymous")])
-            )).scalars())
-        if len(ids) == 3:
-            return
-        import sina
-        from kosh.utils import create_kosh_users, update_store_and_get_info_record
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            datastore = sina.connect(self.url.sqlalchemy_url())
-            try:
-                update_store_and_get_info_record(datastore.records)
-                create_kosh_users(datastore.records, users=[_username(), "anonymous"])
-            finally:
-                datastore.close()
+    def _initialise_kosh(self) -> None:
+        """Write Kosh's store-info and user records the way ``kosh.connect`` does.
+
+        ``kosh.connect`` writes them with separate Sina calls that race when
+        several processes open a new store at once (and swallow their errors),
+        and Sina's own SQLite engine gives up after 5 s on a busy store. So
+        Kosh's own functions make the records in a private in-memory Sina store,
+        and the missing ones are copied here in one write transaction under the
+        store's lock (``BEGIN IMMEDIATE`` on SQLite). On MariaDB, before the
+        store-info row exists to be locked, a concurrent opener's duplicate key
+        rolls the transaction back and the retry finds the records there.
+        """
+        wanted = {STORE_INFO_ID, _user_id(_username()), _user_id("anonymous")}
+
+        def present(conn: Connection) -> Set[str]:
+            return set(conn.execute(sa.select(_RECORD.c.id).where(_RECORD.c.id.in_(sorted(wanted))))
+                       .scalars())
+
+        with self._translate_errors("open"), self.engine.connect() as conn:
+            if present(conn) == wanted:
+                return
+        raws = _kosh_records([_username(), "anonymous"])
+        # kosh.connect's close() stamps the store-info record; a new store gets it too.
+        raws[STORE_INFO_ID]["data"].setdefault("last_modified_date", {"value": now_string()})
+
+        def work(conn: Connection) -> None:
+            inserts: Dict[sa.Table, List[Dict[str, Any]]] = defaultdict(list)
+            for record_id in sorted(wanted - present(conn)):
+                _extend(inserts, record_rows(raws[record_id]))
+            self._insert(conn, inserts)
+        self._write("open", work, retry_codes=(_DUPLICATE_KEY,))
 
     def _read_store_info(self, engine: Engine) -> None:
         with engine.connect() as conn:
+            if self.read_only and not sa.inspect(conn).has_table(_RECORD.name):
+                raise BackendError(f"{self.url.location} is not a Kosh store (it has no "
+                                   f"{_RECORD.name} table); a read-only open creates nothing: "
+                                   "open it once without read_only to create it")
             rows = dict(conn.execute(sa.select(_RECORD.c.id, _RECORD.c.raw).where(
                 _RECORD.c.id.in_([STORE_INFO_ID, _user_id(_username())]))).all())
         if STORE_INFO_ID not in rows:
@@ -254,16 +318,35 @@ class KoshAdapter:
     # ------------------------------------------------------------------ transactions
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
+        """One read transaction that sees one committed state of the store.
+
+        SQLite's read transaction is a snapshot already (the rollback journal
+        keeps writers from committing under a reader). MariaDB's READ COMMITTED
+        would let each statement of one call see a different commit (a move
+        committing between two statements hid its files from both entries), so
+        reads run as REPEATABLE READ: one snapshot per call, never a long-lived
+        one (that is what hid new files from Kosh's sessions).
+        """
         with self._translate_errors("read"), self.engine.connect() as conn:
+            if self.url.backend != "sqlite":
+                conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
 
-    def _write(self, operation: str, work: Callable[[Connection], Any], attempts: int = 8) -> Any:
-        """Run ``work`` in one write transaction under the store's write lock, with retries."""
+    def _write(self, operation: str, work: Callable[[Connection], Any], attempts: int = 8,
+               retry_codes: Tuple[int, ...] = ()) -> Any:
+        """Run ``work`` in one write transaction under the store's write lock, with retries.
+
+        A lock timeout, deadlock or "database is locked" (or an error code in
+        ``retry_codes``) rolls the whole call back and runs it again after a
+        random, growing pause; ``work`` must therefore only read and write the
+        database. After ``attempts`` conflicts: :class:`ConcurrencyError`.
+        """
         delay = 0.05
+        last = ""
         for attempt in range(1, attempts + 1):
             try:
-                with self._translate_errors(operation, retryable=attempt < attempts):
+                with self._translate_errors(operation, retryable=True, retry_codes=retry_codes):
                     with self.engine.connect() as conn:
                         conn.info["ams_write"] = True
                         try:
@@ -273,11 +356,15 @@ class KoshAdapter:
                         finally:
                             conn.info.pop("ams_write", None)
             except _Retry as retry:
-                LOGGER.info("%s: conflict with another writer (%s), retry %d", operation,
-                            retry, attempt)
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 2.0)
-        raise ConcurrencyError(f"{operation}: gave up after {attempts} conflicting attempts")
+                last = str(retry)
+                LOGGER.info("%s: conflict with another writer (%s), attempt %d of %d",
+                            operation, retry, attempt, attempts)
+                if attempt < attempts:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 2.0)
+        raise ConcurrencyError(f"{operation} on {self.url.backend} store {self.url.location}: "
+                               f"gave up after {attempts} attempts that conflicted with other "
+                               f"writers (last: {last}); nothing of this call was recorded")
 
     def _lock(self, conn: Connection) -> None:
         """Serialise writers: SQLite's BEGIN IMMEDIATE already did; MariaDB locks a row."""
@@ -286,7 +373,8 @@ class KoshAdapter:
                          .with_for_update())
 
     @contextlib.contextmanager
-    def _translate_errors(self, operation: str, retryable: bool = False) -> Iterator[None]:
+    def _translate_errors(self, operation: str, retryable: bool = False,
+                          retry_codes: Tuple[int, ...] = ()) -> Iterator[None]:
         try:
             yield
         except sa.exc.DBAPIError as error:
@@ -294,16 +382,44 @@ class KoshAdapter:
                                     if str(getattr(error, "orig", error)) else repr(error),
                                     self.url.password)
             code = _error_code(error)
-            if retryable and (code in (1205, 1213) or "database is locked" in message
+            if retryable and (code in (1205, 1213) + tuple(retry_codes)
+                              or "database is locked" in message
                               or "deadlock" in message.lower()):
                 raise _Retry(message) from None
-            raise BackendError(f"{operation} on {self.url.backend} store {self.url.location} "
-                               f"failed: {message}") from None
+            raise BackendError(self._describe_failure(operation, code, message,
+                                                      connecting=error.statement is None)) from None
+
+    def _describe_failure(self, operation: str, code: Optional[int], message: str,
+                          connecting: bool) -> str:
+        """One line naming the server and database (never the password) and the likely cause."""
+        if self.url.backend == "sqlite":
+            return f"{operation} on sqlite store {self.url.location} failed: {message}"
+        server = f"MariaDB server {self.url.host}:{self.url.port}"
+        database = self.url.database
+        if code == _UNKNOWN_DATABASE:
+            return (f"{operation}: database {database!r} does not exist on {server}; create it "
+                    f"first (CREATE DATABASE `{database}`): {message}")
+        if code in _ACCESS_DENIED:
+            return (f"{operation}: access to database {database!r} on {server} denied for user "
+                    f"{self.url.user!r}; check the user name, password and grants: {message}")
+        if connecting:
+            if not message.split(":", 1)[-1].strip():
+                message = f"{message.strip().rstrip(':')}: no answer"
+            return (f"{operation}: cannot connect to {server} for database {database!r} "
+                    f"(waited at most {self.connect_timeout} s): {message}")
+        if code in _CONNECTION_LOST:
+            return (f"{operation} on {server}, database {database!r}: lost the connection "
+                    f"({message}); nothing of this call was committed unless the connection "
+                    "dropped during the commit itself; the next call reconnects")
+        return f"{operation} on {server}, database {database!r} failed: {message}"
 
     # ------------------------------------------------------------------ reads
-    def ensembles(self, conn: Connection, application_name: str,
+    def ensembles(self, conn: Connection, application_name: Optional[str],
                   domain_names: Optional[Iterable[str]] = None) -> List[Ensemble]:
-        """Ensembles visible to the application: its own and legacy (no application_name)."""
+        """Ensembles visible to the application: its own and legacy (no application_name).
+
+        ``application_name=None``: every ensemble of every application (importer).
+        """
         query = (sa.select(_RECORD.c.id, _STRING.c.value, _RECORD.c.raw)
                  .join(_STRING, sa.and_(_STRING.c.id == _RECORD.c.id, _STRING.c.name == "name"))
                  .where(_RECORD.c.type == self._types["ensemble"]))
@@ -317,7 +433,7 @@ class KoshAdapter:
         for record_id, name, raw in rows:
             raw = sjson.loads(raw)
             app = raw["data"].get("application_name", {}).get("value")
-            if app is None or app == application_name:
+            if app is None or application_name is None or app == application_name:
                 out.append(Ensemble(record_id, name, app, raw))
         # Oldest first, own before legacy, so writes pick a stable target.
         out.sort(key=lambda e: (e.application_name is None,
@@ -350,43 +466,86 @@ class KoshAdapter:
     def dataset_paths(self, conn: Connection, datasets: Sequence[Dataset]) -> Dict[str, List[str]]:
         """Dataset id -> associated uris (Kosh's Document rows), sorted."""
         out: Dict[str, List[str]] = {d.id: [] for d in datasets}
+        # In (id, uri) order: SQLite reads it straight from the primary key index,
+        # and the sort below then only checks it.
+        query = sa.select(_DOCUMENT.c.id, _DOCUMENT.c.uri).order_by(_DOCUMENT.c.id,
+                                                                    _DOCUMENT.c.uri)
         for chunk in _chunks(list(out)):
-            for dataset_id, uri in conn.execute(
-                    sa.select(_DOCUMENT.c.id, _DOCUMENT.c.uri).where(_DOCUMENT.c.id.in_(chunk))):
+            for dataset_id, uri in conn.execute(query.where(_DOCUMENT.c.id.in_(chunk))):
                 out[dataset_id].append(uri)
         for paths in out.values():
             paths.sort()
         return out
 
     def file_records(self, conn: Connection, datasets: Sequence[Dataset],
-                     paths: Optional[Iterable[str]] = None) -> List[FileRecord]:
-        """The file records associated with ``datasets`` (optionally only ``paths``)."""
+                     paths: Optional[Iterable[str]] = None,
+                     conditions: Sequence[Tuple[str, str, Any]] = ()) -> List[FileRecord]:
+        """The file records associated with ``datasets`` (optionally only ``paths``).
+
+        ``conditions`` (``(key, operator, operand)`` triples from
+        :func:`ams._match.parse_conditions`) narrow the read in SQL, through the
+        (name, value) indexes of Sina's ScalarData and StringData, so that only
+        candidate records are fetched and parsed. That narrowing is a necessary
+        condition only (every record matching the conditions is returned, maybe
+        a few more); the caller applies the exact, type-aware match.
+        """
         by_id = {d.id: d for d in datasets}
         if not by_id:
+            return []
+        candidates = self._candidate_ids(conn, conditions)
+        if candidates is not None and not candidates:
             return []
         query = (sa.select(_STRING_LIST_ENTRY.c.value, _RECORD.c.id, _RECORD.c.raw)
                  .join(_RECORD, _RECORD.c.id == _STRING_LIST_ENTRY.c.id)
                  .where(_STRING_LIST_ENTRY.c.name == "associated")
                  .where(_RECORD.c.type == self._types["file"]))
+        out = []
+        if candidates is not None and paths is None and len(candidates) <= _BY_ID_LIMIT:
+            for chunk in _chunks(sorted(candidates)):
+                for dataset_id, record_id, raw in conn.execute(query.where(_RECORD.c.id.in_(chunk))):
+                    if dataset_id in by_id:
+                        raw = sjson.loads(raw)
+                        out.append(FileRecord(record_id, raw["data"]["uri"]["value"],
+                                              by_id[dataset_id], raw))
+            return self._sorted(out)
         if paths is not None:
             uri = _STRING.alias("uri")
             query = query.join(uri, sa.and_(uri.c.id == _RECORD.c.id, uri.c.name == "uri"))
             path_list = sorted(set(paths))
             if not path_list:
                 return []
-        out = []
         for chunk in _chunks(sorted(by_id)):
             chunk_query = query.where(_STRING_LIST_ENTRY.c.value.in_(chunk))
             path_chunks = [None] if paths is None else list(_chunks(path_list))
             for path_chunk in path_chunks:
                 q = chunk_query if path_chunk is None else chunk_query.where(uri.c.value.in_(path_chunk))
                 for dataset_id, record_id, raw in conn.execute(q):
+                    if candidates is not None and record_id not in candidates:
+                        continue
                     raw = sjson.loads(raw)
                     out.append(FileRecord(record_id, raw["data"]["uri"]["value"],
                                           by_id[dataset_id], raw))
-        out.sort(key=lambda f: (f.dataset.ensemble.domain_name, f.dataset.entry_type,
-                                f.dataset.version, f.path))
-        return out
+        return self._sorted(out)
+
+    @staticmethod
+    def _sorted(records: List[FileRecord]) -> List[FileRecord]:
+        records.sort(key=lambda f: (f.dataset.ensemble.domain_name, f.dataset.entry_type,
+                                    f.dataset.version, f.path))
+        return records
+
+    def _candidate_ids(self, conn: Connection,
+                       conditions: Sequence[Tuple[str, str, Any]]) -> Optional[Set[str]]:
+        """Ids of the records that can match all ``conditions``; None: no narrowing."""
+        ids: Optional[Set[str]] = None
+        for key, op, operand in conditions:
+            query = _condition_query(key, op, operand)
+            if query is None:
+                continue
+            found = set(conn.execute(query).scalars())
+            ids = found if ids is None else ids & found
+            if not ids:
+                break
+        return ids
 
     def locate(self, conn: Connection, paths: Iterable[str]) -> Dict[str, str]:
         """Where each of ``paths`` is registered in the whole store (any application)."""
@@ -433,6 +592,55 @@ class KoshAdapter:
                     f"version {_as_int(data.get('version', {}).get('value'))}")
         return out
 
+    def member_datasets(self, conn: Connection,
+                        ensembles: Sequence[Ensemble]) -> List[MemberDataset]:
+        """Every dataset of ``ensembles`` with its raw ``name`` and ``version`` (None if absent).
+
+        Unlike :meth:`datasets`, a dataset without an integer version is not
+        skipped, so the importer can name it.
+        """
+        by_id = {e.id: e for e in ensembles}
+        out = []
+        query = (sa.select(_RELATIONSHIP.c.object_id, _RECORD.c.id, _RECORD.c.raw)
+                 .join(_RECORD, _RECORD.c.id == _RELATIONSHIP.c.subject_id)
+                 .where(_RELATIONSHIP.c.predicate == self._types["predicate"]))
+        for chunk in _chunks(sorted(by_id)):
+            for ensemble_id, dataset_id, raw in conn.execute(
+                    query.where(_RELATIONSHIP.c.object_id.in_(chunk))):
+                data = sjson.loads(raw)["data"]
+                out.append(MemberDataset(dataset_id, by_id[ensemble_id],
+                                         data.get("name", {}).get("value"),
+                                         data.get("version", {}).get("value")))
+        out.sort(key=lambda d: (d.ensemble.domain_name, str(d.name), str(d.version), d.id))
+        return out
+
+    def files_listing(self, conn: Connection, attribute: str,
+                      values: Iterable[str]) -> Dict[str, Tuple[str, List[str]]]:
+        """File records whose list attribute ``attribute`` holds any of ``values``.
+
+        Returns path -> (where it is registered, the matching values).
+        """
+        hits: Dict[str, List[str]] = defaultdict(list)
+        query = (sa.select(_STRING_LIST_ENTRY.c.id, _STRING_LIST_ENTRY.c.value)
+                 .join(_RECORD, _RECORD.c.id == _STRING_LIST_ENTRY.c.id)
+                 .where(_STRING_LIST_ENTRY.c.name == attribute,
+                        _RECORD.c.type == self._types["file"]))
+        for chunk in _chunks(sorted(set(values))):
+            for record_id, value in conn.execute(query.where(_STRING_LIST_ENTRY.c.value.in_(chunk))):
+                hits[record_id].append(value)
+        if not hits:
+            return {}
+        raws = self._raws(conn, list(hits))
+        dataset_ids = sorted({d for raw in raws.values()
+                              for d in raw["data"].get("associated", {}).get("value", [])})
+        where = self._describe_datasets(conn, dataset_ids)
+        out = {}
+        for record_id, matched in hits.items():
+            data = raws[record_id]["data"]
+            places = [where.get(d, f"dataset {d}") for d in data.get("associated", {}).get("value", [])]
+            out[data["uri"]["value"]] = ("; ".join(places) or "no dataset", sorted(matched))
+        return out
+
     # ------------------------------------------------------------------ public reads
     def read(self) -> contextlib.AbstractContextManager:
         return self._read()
@@ -440,12 +648,17 @@ class KoshAdapter:
     # ------------------------------------------------------------------ writes
     def add_files(self, application_name: str, domain_name: str, entry_type: str,
                   mime_type: str, files: Sequence[NewFile], version: Optional[int],
-                  precommit: Optional[Callable[[], None]] = None) -> int:
+                  precommit: Optional[Callable[[], None]] = None,
+                  prepare: Optional[Callable[[Connection], None]] = None) -> int:
         """Register ``files`` in one version of one entry; return the version.
 
-        ``precommit`` runs last inside the transaction; raising there rolls back.
+        ``prepare(conn)`` runs first inside the transaction (reads that must be
+        consistent with the write, e.g. lineage); ``precommit`` runs last.
+        Raising in either rolls back.
         """
         def work(conn: Connection) -> int:
+            if prepare is not None:
+                prepare(conn)
             result = self._add_in(conn, application_name, domain_name, entry_type, mime_type,
                                   files, version)
             if precommit is not None:
@@ -455,11 +668,16 @@ class KoshAdapter:
 
     def remove_files(self, application_name: str, domain_name: str, entry_type: str,
                      select: Callable[[FileRecord], bool], versions: Optional[Sequence[int]],
-                     paths: Optional[Sequence[str]]) -> RemoveResult:
+                     paths: Optional[Sequence[str]],
+                     guard: Optional[Callable[[Connection, List[FileRecord]], None]] = None,
+                     ) -> RemoveResult:
+        """Remove the selected records; ``guard(conn, chosen)`` may refuse by raising."""
         def work(conn: Connection) -> RemoveResult:
             records = self._records_of(conn, application_name, domain_name, entry_type,
                                        versions, paths)
             chosen = [r for r in records if select(r)]
+            if guard is not None and chosen:
+                guard(conn, chosen)
             return self._remove_in(conn, chosen)
         return self._write("remove", work)
 
@@ -563,7 +781,26 @@ class KoshAdapter:
         else:  # an empty dataset left by plain Kosh: rewrite it whole
             self._replace_records(conn, [dataset_raw])
         self._insert(conn, inserts)
+        if is_new_dataset:
+            self._check_version_unique(conn, application_name, domain_name, entry_type, version)
         return version
+
+    def _check_version_unique(self, conn: Connection, application_name: str, domain_name: str,
+                              entry_type: str, version: int) -> None:
+        """Re-check, inside the locked transaction, that ``version`` is ours alone.
+
+        The write lock already serialises every ams writer; this catches a writer
+        that does not take it (plain Kosh, a foreign tool) committing the same
+        version of the entry meanwhile. Kosh's tables cannot hold a unique
+        constraint across a dataset's version and its ensemble, so the guarantee
+        is this check: a duplicate rolls the call back and it runs again (and
+        allocates past the other writer's version).
+        """
+        ensembles = self.ensembles(conn, application_name, [domain_name])
+        same = [d for d in self.datasets(conn, ensembles, [entry_type]) if d.version == version]
+        if len(same) > 1:
+            raise _Retry(f"{len(same)} datasets hold version {version} of {entry_type} in "
+                         f"domain {domain_name!r}")
 
     def _new_ensemble(self, application_name: str, domain_name: str, now: float,
                       inserts: Dict[sa.Table, List[Dict[str, Any]]]) -> Ensemble:
@@ -671,16 +908,89 @@ class KoshAdapter:
 
     @staticmethod
     def _insert(conn: Connection, inserts: Dict[sa.Table, List[Dict[str, Any]]]) -> None:
+        """executemany straight to the driver: SQLAlchemy's per-row parameter
+        processing would cost more than the database's work at 10^5-10^6 rows."""
         order = (_RECORD, _RELATIONSHIP, _SCALAR, _STRING, _SCALAR_LIST, _STRING_LIST_MASTER,
                  _STRING_LIST_ENTRY, _DOCUMENT)
+        quote = conn.dialect.identifier_preparer.quote
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         for table in order:
             rows = inserts.get(table)
-            for chunk in _chunks(rows or [], 2000):
-                conn.execute(table.insert(), list(chunk))
+            if not rows:
+                continue
+            columns = list(rows[0])
+            sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+                   f"VALUES ({', '.join([mark] * len(columns))})")
+            values = list(map(operator.itemgetter(*columns), rows))
+            if conn.dialect.name == "sqlite":  # binds row by row: any batch size works
+                for chunk in _chunks(values, _INSERT_ROWS):
+                    conn.exec_driver_sql(sql, list(chunk))
+                continue
+            batch: List[Tuple[Any, ...]] = []
+            size = 0
+            for row in values:
+                batch.append(row)
+                size += sum(len(v) for v in row if isinstance(v, (str, bytes)))
+                if len(batch) >= _INSERT_ROWS or size >= _INSERT_BYTES:
+                    conn.exec_driver_sql(sql, batch)
+                    batch, size = [], 0
+            if batch:
+                conn.exec_driver_sql(sql, batch)
 
 
 class _Retry(Exception):
     """A transient conflict with another writer."""
+
+
+def _condition_query(key: str, op: str, operand: Any) -> Optional[sa.Select]:
+    """Ids of records whose data can satisfy ``key op operand``; None: any record can.
+
+    A necessary condition only, as Sina stores it: str values in StringData,
+    numbers and bools in ScalarData as floating point. So numbers are compared
+    as floats, and strict comparisons as non-strict ones (an int beyond 2**53
+    and its float differ), which keeps every true match.
+    """
+    if op == "in":
+        parts = [_equality_query(key, item) for item in operand]
+        if any(part is None for part in parts):
+            return None
+        if not parts:  # "in []" matches nothing
+            return sa.select(_RECORD.c.id).where(sa.false())
+        return parts[0] if len(parts) == 1 else sa.union(*parts)
+    if op == "==":
+        return _equality_query(key, operand)
+    if op not in ("<", "<=", ">", ">=") or isinstance(operand, (list, bool)):
+        return None  # "!=" and lists: no index helps
+    if isinstance(operand, str):
+        table, value, strict = _STRING, operand, True
+    else:
+        table, value, strict = _SCALAR, float(operand), False
+    column = table.c.value
+    compare = {"<": column < value if strict else column <= value,
+               "<=": column <= value,
+               ">": column > value if strict else column >= value,
+               ">=": column >= value}[op]
+    return sa.select(table.c.id).where(table.c.name == key, compare)
+
+
+def _equality_query(key: str, value: Any) -> Optional[sa.Select]:
+    if isinstance(value, list):
+        return None
+    if isinstance(value, str):
+        return sa.select(_STRING.c.id).where(_STRING.c.name == key, _STRING.c.value == value)
+    return sa.select(_SCALAR.c.id).where(_SCALAR.c.name == key, _SCALAR.c.value == float(value))
+
+
+# Engines of open stores: a forked child must not use its parent's pooled connections.
+_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+def _forget_pooled_connections() -> None:
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_pooled_connections)
 
 
 def _extend(into: Dict[sa.Table, List[Dict[str, Any]]],
@@ -705,7 +1015,60 @@ def _user_id(username: str) -> str:
     return hashlib.md5(username.encode()).hexdigest()
 
 
-def fast_sha(path: str) -> str:
-    """Kosh's own fast checksum of a file (what ``associate`` stores)."""
-    from kosh.utils import compute_fast_sha
-    return compute_fast_sha(path)
+def _kosh_records(usernames: List[str]) -> Dict[str, Dict[str, Any]]:
+    """Kosh's store-info and user records (id -> raw), as ``kosh.connect`` makes them.
+
+    Made by Kosh's own functions in a private in-memory Sina store, so nothing
+    touches the real store until the caller copies them in one transaction.
+    """
+    import sina
+    from kosh.utils import create_kosh_users, update_store_and_get_info_record
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        datastore = sina.connect()  # in-memory SQLite
+        try:
+            update_store_and_get_info_record(datastore.records)
+            create_kosh_users(datastore.records, users=usernames)
+            ids = [STORE_INFO_ID] + [_user_id(name) for name in usernames]
+            return {record.id: record.raw for record in datastore.records.get(ids)}
+        finally:
+            datastore.close()
+
+
+def fast_sha(path: str, n_samples: int = 10) -> str:
+    """Kosh's fast checksum of a file (what ``associate`` stores), bit for bit.
+
+    The same digest as ``kosh.utils.compute_fast_sha``: sha256 of the size and
+    of 2 KiB read at ``n_samples + 2`` offsets spread like ``numpy.linspace(0,
+    size - 2048, n_samples + 2)``; without numpy, whose per-call overhead
+    was most of its cost on small files.
+    """
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:  # Kosh hashes the uri of a missing file
+        return hashlib.sha256(path.encode()).hexdigest()
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        sha = hashlib.sha256(str(size).encode())
+        count = n_samples + 2
+        stop = size - 2048
+        if stop <= 0:
+            positions = [0] * count
+        else:  # linspace: i * (stop / (count - 1)), the last one exactly stop
+            step = stop / (count - 1)
+            positions = [int(i * step) for i in range(count - 1)] + [stop]
+        if size <= _WHOLE_READ:  # one read, then the same 2 KiB slices
+            content = handle.read()
+            sha.update(b"".join(content[p:p + 2048] for p in positions))
+            return sha.hexdigest()
+        previous, chunk = -1, b""
+        for position in positions:
+            if position != previous:
+                handle.seek(position)
+                chunk = handle.read(2048)
+                previous = position
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+_WHOLE_READ = 64 * 1024  # fast_sha reads files up to this size at once

@@ -26,6 +26,15 @@ Condition = Tuple[str, str, Any]
 
 def compile_conditions(conditions: Any) -> Callable[[Mapping[str, Any]], bool]:
     """Check ``conditions`` and return a predicate over an entry's metadata dict."""
+    return matcher(parse_conditions(conditions))
+
+
+def parse_conditions(conditions: Any) -> List[Condition]:
+    """Check ``conditions``; return them as ``(key, operator, operand)`` triples.
+
+    The store passes these to the adapter too, which narrows its reads with
+    them in SQL before :func:`matcher` decides exactly.
+    """
     if conditions is None:
         conditions = {}
     if not isinstance(conditions, Mapping):
@@ -42,7 +51,11 @@ def compile_conditions(conditions: Any) -> Callable[[Mapping[str, Any]], bool]:
                 parsed.append((key, op, _operand(key, op, operand)))
         else:
             parsed.append((key, "==", _operand(key, "==", wanted)))
+    return parsed
 
+
+def matcher(parsed: List[Condition]) -> Callable[[Mapping[str, Any]], bool]:
+    """The predicate over an entry's metadata for conditions from :func:`parse_conditions`."""
     def match(metadata: Mapping[str, Any]) -> bool:
         for key, op, operand in parsed:
             if key not in metadata or not _compare(metadata[key], op, operand):

@@ -22,6 +22,9 @@ __all__ = [
     "NotFoundError",
     "BackendError",
     "ConcurrencyError",
+    "MissingDependencyError",
+    "ImportSourceError",
+    "LineageError",
 ]
 
 
@@ -79,3 +82,15 @@ class BackendError(AMSStoreError, RuntimeError):
 
 class ConcurrencyError(BackendError):
     """A write kept conflicting with other writers after all retries."""
+
+
+class MissingDependencyError(AMSStoreError, ImportError):
+    """An optional dependency (e.g. matplotlib, extra ``plot``) is not installed."""
+
+
+class ImportSourceError(AMSStoreError, ValueError):
+    """An older catalogue to import is unreadable, incomplete or holds records that cannot be stored."""
+
+
+class LineageError(AMSStoreError, RuntimeError):
+    """Purging data that a registered model was trained on (pass ``force=True`` to do it anyway)."""

@@ -15,11 +15,13 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _kosh, _match, _validate
-from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
-                     NotFoundError, ReadOnlyStoreError, StoreClosedError, AMSStoreError)
+from . import _kosh, _match, _validate, importer, notebook
+from .errors import (InvalidArgumentError, InvalidArgumentTypeError, LineageError,
+                     MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError,
+                     AMSStoreError)
+from .importer import ImportReport
 from .store_types import AMSModelDescr, Entry
 from .url import StoreURL, parse_store_url
 
@@ -31,6 +33,9 @@ VersionSelector = Union[None, str, int, Sequence[int]]
 # Attributes the store sets itself on every entry / every model entry.
 _MODEL_FIELDS = ("path", "threshold", "uq_type", "uq_aggregate", "test_error", "val_error")
 _RESERVED_KEYS = frozenset(_kosh.KOSH_FILE_FIELDS | {"date"})
+# Lineage attributes of a model's entry: the data versions and files it was trained on.
+TRAINED_ON_VERSIONS = "trained_on_data_versions"
+TRAINED_ON_FILES = "trained_on_files"
 
 
 @dataclass
@@ -85,6 +90,7 @@ class AMSDataStore:
         self._url: StoreURL = parse_store_url(url)
         self._read_only = _validate.boolean(read_only, "read_only")
         self._adapter: Optional[_kosh.KoshAdapter] = None
+        self._kosh_store: Any = None  # plain Kosh store of kosh_dataset, opened on first use
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -118,7 +124,13 @@ class AMSDataStore:
         return self
 
     def close(self) -> None:
-        """Close the connection; harmless when already closed."""
+        """Close the connection (and the Kosh store of :meth:`kosh_dataset`); harmless when already closed."""
+        if self._kosh_store is not None:
+            kosh_store, self._kosh_store = self._kosh_store, None
+            try:
+                kosh_store.close()
+            except Exception as error:  # noqa: BLE001 - closing must not fail the caller
+                LOGGER.warning("closing the Kosh store of %s failed: %s", self._url, error)
         if self._adapter is not None:
             self._adapter.close()
             self._adapter = None
@@ -142,7 +154,14 @@ class AMSDataStore:
         return list(self._require_open().created)
 
     def _register_loaders(self) -> None:
-        """Nothing to do in-process: notebooks call ``ams.loaders.register_loaders``."""
+        """Deliberately writes nothing: loaders are never saved into the store.
+
+        A saved (pickled) loader reference makes every process that cannot
+        import ``ams`` fail in ``kosh.connect``. ``ams`` itself does not read
+        through Kosh loaders; :meth:`kosh_dataset` registers them on its own
+        Kosh store, and a notebook with plain ``kosh.connect`` calls
+        ``ams.loaders.register_loaders(kosh_store)``.
+        """
 
     def _require_open(self) -> _kosh.KoshAdapter:
         if self._adapter is None:
@@ -157,29 +176,41 @@ class AMSDataStore:
 
     # ------------------------------------------------------------------ adding
     def add_data(self, domain_name: str, data_files: Sequence[str] = (), version: Optional[int] = None,
-                 metadata: Optional[Mapping[str, Any]] = None) -> int:
+                 metadata: Optional[Mapping[str, Any]] = None, *,
+                 progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Adds files in the kosh-store and associates them to the 'data' entry.
 
         ``data_files`` are HDF5 files; all go into one version (a new one when
         ``version`` is None). Returns the version. Nothing is recorded if any
-        file is rejected.
+        file is rejected. ``progress(done, total)`` is called as each file is
+        checked (checking, not the one database write, is what takes time).
         """
-        return self._add_entries(domain_name, "data", data_files, version, metadata)
+        return self._add_entries(domain_name, "data", data_files, version, metadata,
+                                 progress=progress)
 
     def add_candidates(self, domain_name: str, data_files: Sequence[str] = (),
                        version: Optional[int] = None,
-                       metadata: Optional[Mapping[str, Any]] = None) -> int:
+                       metadata: Optional[Mapping[str, Any]] = None, *,
+                       progress: Optional[Callable[[int, int], None]] = None) -> int:
         """Adds files in the kosh-store and associates them to the 'candidates' entry."""
-        return self._add_entries(domain_name, "candidates", data_files, version, metadata)
+        return self._add_entries(domain_name, "candidates", data_files, version, metadata,
+                                 progress=progress)
 
     def add_model(self, domain_name: str, model: AMSModelDescr, test_error: float,
                   val_error: float, version: Optional[int] = None,
-                  metadata: Optional[Mapping[str, Any]] = None) -> int:
+                  metadata: Optional[Mapping[str, Any]] = None,
+                  trained_on: Union[None, Sequence[int], Mapping[str, Sequence[int]]] = None) -> int:
         """Adds a model in the kosh-store and associates them to the 'models' entry.
 
         The model's fields (path, threshold, uq_type, uq_aggregate), ``test_error``
         and ``val_error`` become attributes of its entry; a ``metadata`` key that
         collides with them is an error. Returns the version.
+
+        ``trained_on``: the data versions of the same domain that trained the
+        model (a list, or ``{"data": [1, 2]}``). They must exist; they and their
+        files are recorded on the model's entry (``trained_on_data_versions``,
+        ``trained_on_files``) in the same transaction, for :meth:`model_lineage`
+        and so that purging those files is refused.
         """
         if not isinstance(model, AMSModelDescr):
             raise InvalidArgumentTypeError(f"model must be an AMSModelDescr, not "
@@ -188,15 +219,48 @@ class AMSDataStore:
         for key, value in errors.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidArgumentTypeError(f"{key} must be a number, not {value!r}")
-        checked = _validate.metadata(metadata, _RESERVED_KEYS | set(_MODEL_FIELDS))
+        checked = _validate.metadata(metadata, _RESERVED_KEYS | set(_MODEL_FIELDS)
+                                     | {TRAINED_ON_VERSIONS, TRAINED_ON_FILES})
         attributes = _validate.metadata({**model.to_dict(), **errors})
+        lineage = None
+        if trained_on is not None:
+            lineage = self._training_data(domain_name, _validate.data_versions(trained_on))
         return self._add_entries(domain_name, "models", [model.path], version, checked,
-                                 extra=attributes)
+                                 extra=attributes, prepare=lineage)
+
+    def _training_data(self, domain_name: str,
+                       versions: List[int]) -> Callable[[Any], Dict[str, Any]]:
+        """A reader, run inside the add's transaction, of the lineage attributes.
+
+        Raises :class:`NotFoundError` when a data version does not exist.
+        """
+        adapter = self._require_open()
+
+        def read(conn) -> Dict[str, Any]:
+            ensembles = adapter.ensembles(conn, self._application_name, [domain_name])
+            datasets = adapter.datasets(conn, ensembles, ["data"])
+            existing = sorted({d.version for d in datasets})
+            absent = [v for v in versions if v not in existing]
+            if absent:
+                raise NotFoundError(
+                    f"trained_on: data version(s) {', '.join(map(str, absent))} of domain "
+                    f"{domain_name!r} do not exist (existing: "
+                    f"{', '.join(map(str, existing)) or 'none'})")
+            paths = adapter.dataset_paths(conn, [d for d in datasets if d.version in versions])
+            return {TRAINED_ON_VERSIONS: list(versions),
+                    TRAINED_ON_FILES: sorted(p for group in paths.values() for p in group)}
+        return read
 
     def _add_entries(self, domain_name: str, entry_type: str, filenames: Sequence[str],
                      version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
-                     extra: Optional[Dict[str, Any]] = None) -> int:
-        """Adds files of entry_type on the designated domain_name with one version and metadata."""
+                     extra: Optional[Dict[str, Any]] = None,
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     prepare: Optional[Callable[[Any], Dict[str, Any]]] = None) -> int:
+        """Adds files of entry_type on the designated domain_name with one version and metadata.
+
+        ``prepare(conn)``, run inside the write transaction, returns more
+        attributes for every file (lineage).
+        """
         adapter = self._require_writable()
         domain_name = _validate.name(domain_name, "domain_name")
         entry_type = _validate.entry_type(entry_type)
@@ -207,10 +271,20 @@ class AMSDataStore:
         values = _validate.metadata(metadata, _RESERVED_KEYS)
         values.update(extra or {})
         values["date"] = _kosh.now_string()
-        files = [self._new_file(path, entry_type, values) for path in paths]
+        files = []
+        for path in paths:
+            files.append(self._new_file(path, entry_type, values))
+            if progress is not None:
+                progress(len(files), len(paths))
+        def add_prepared(conn) -> None:
+            attributes = prepare(conn)
+            for new in files:
+                new.metadata.update(attributes)
+
         result = adapter.add_files(self._application_name, domain_name, entry_type,
                                    self.entry_mime_types[entry_type], files, version,
-                                   precommit=lambda: _still_there(paths))
+                                   precommit=lambda: _still_there(paths),
+                                   prepare=None if prepare is None else add_prepared)
         LOGGER.info("added %d file(s) to %s/%s version %d", len(files), domain_name,
                     entry_type, result)
         return result
@@ -224,9 +298,17 @@ class AMSDataStore:
     # ------------------------------------------------------------------ removing
     def remove_data(self, domain_name: str, filenames: Optional[Sequence[str]],
                     version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
-                    purge: bool = True) -> RemoveReport:
-        """Remove files from the data entry (and from the filesystem when ``purge``)."""
-        return self._remove_entries(domain_name, "data", filenames, version, metadata, purge)
+                    purge: bool = True, force: bool = False) -> RemoveReport:
+        """Remove files from the data entry (and from the filesystem when ``purge``).
+
+        Purging a file that a registered model was trained on (see
+        ``add_model(trained_on=...)``) raises :class:`ams.errors.LineageError`
+        naming the models, and changes nothing, unless ``force=True``.
+        Without ``purge`` the records may go; :meth:`model_lineage` then
+        reports those files as missing.
+        """
+        return self._remove_entries(domain_name, "data", filenames, version, metadata, purge,
+                                    force=force)
 
     def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
                       version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
@@ -244,11 +326,12 @@ class AMSDataStore:
     def _remove_entries(self, domain_name: str, entry_type: str,
                         filenames: Optional[Sequence[str]], version: VersionSelector = None,
                         metadata: Optional[Mapping[str, Any]] = None,
-                        purge: bool = True) -> RemoveReport:
+                        purge: bool = True, force: bool = False) -> RemoveReport:
         """Remove the matching records in one transaction; purge files after the commit.
 
         ``filenames=None`` removes every file the ``version`` and ``metadata``
-        filters match. Requested paths the entry does not hold are reported in
+        filters match; ``version="latest"`` means, as in :meth:`search`, the
+        highest version among the matches. Requested paths the entry does not hold are reported in
         the result and logged as a warning. A file is deleted only when no
         record of the store still references it; a failed deletion is reported
         and does not stop the others.
@@ -260,10 +343,17 @@ class AMSDataStore:
         versions = _validate.version_selector(version, "version")
         matches = _match.compile_conditions(metadata)
         purge = _validate.boolean(purge, "purge")
+        force = _validate.boolean(force, "force")
         if paths is not None and not paths:
             return RemoveReport()
+        if versions == "latest":
+            # As in search: the highest version among the entries the filters match.
+            found = self._entries(domain_name, entry_type, "latest", metadata, paths)
+            versions = sorted({entry["version"] for entry in found})
+        guard = self._lineage_guard if purge and not force and entry_type == "data" else None
         result = adapter.remove_files(self._application_name, domain_name, entry_type,
-                                      lambda record: matches(record.metadata), versions, paths)
+                                      lambda record: matches(record.metadata), versions, paths,
+                                      guard=guard)
         report = RemoveReport(removed=sorted(r.path for r in result.removed))
         if paths is not None:
             report.not_found = sorted(set(paths) - set(report.removed))
@@ -277,6 +367,21 @@ class AMSDataStore:
         if purge:
             self._purge([p for p in report.removed if p not in result.still_referenced], report)
         return report
+
+    def _lineage_guard(self, conn, records: Sequence[_kosh.FileRecord]) -> None:
+        """Refuse (inside the remove's transaction) to purge files models were trained on."""
+        users = self._require_open().files_listing(conn, TRAINED_ON_FILES,
+                                                   [r.path for r in records])
+        if not users:
+            return
+        files = sorted({path for _where, matched in users.values() for path in matched})
+        models = "; ".join(f"{model!r} ({where})" for model, (where, _m) in sorted(users.items()))
+        raise LineageError(
+            f"refusing to purge {len(files)} data file(s) that {len(users)} registered "
+            f"model(s) were trained on: {models}; files: "
+            + ", ".join(map(repr, files[:5])) + (" ..." if len(files) > 5 else "")
+            + ". Remove those models first, remove with purge=False, or pass force=True "
+              "(ams-store remove --force)")
 
     @staticmethod
     def _purge(paths: Sequence[str], report: RemoveReport) -> None:
@@ -304,8 +409,13 @@ class AMSDataStore:
         return self._get_entry_versions(domain_name, "candidates", associate_files)
 
     def _get_entry_versions(self, domain_name: str, entry_type: str,
-                            associate_files: bool = False) -> Union[List[int], Dict[int, List[str]]]:
-        """Sorted distinct versions, or with ``associate_files`` a dict version -> paths."""
+                            associate_files: bool = False,
+                            only: VersionSelector = None) -> Union[List[int], Dict[int, List[str]]]:
+        """Sorted distinct versions, or with ``associate_files`` a dict version -> paths.
+
+        ``only`` (None, "latest" or a list of versions, already checked) limits
+        which versions' files are read.
+        """
         adapter = self._require_open()
         domain_name = _validate.name(domain_name, "domain_name")
         entry_type = _validate.entry_type(entry_type)
@@ -315,6 +425,12 @@ class AMSDataStore:
                                                                 [domain_name]), [entry_type])
             if not associate_files:
                 return sorted({d.version for d in datasets})
+            if only == "latest" and datasets:
+                top = max(d.version for d in datasets)
+                datasets = [d for d in datasets if d.version == top]
+            elif only is not None and only != "latest":
+                wanted = set(only)
+                datasets = [d for d in datasets if d.version in wanted]
             paths = adapter.dataset_paths(conn, datasets)
         out: Dict[int, List[str]] = {}
         for dataset in datasets:
@@ -330,7 +446,8 @@ class AMSDataStore:
         """
         entry = _validate.entry_type(entry, "entry")
         selector = _validate.version_selector(versions)
-        by_version = self._get_entry_versions(domain_name, entry, associate_files=True)
+        by_version = self._get_entry_versions(domain_name, entry, associate_files=True,
+                                              only=selector)
         if not by_version:
             return []
         if selector == "latest":
@@ -383,7 +500,8 @@ class AMSDataStore:
             entry_type = _validate.entry_type(entry_type)
         latest = isinstance(version, str) and version == "latest"
         exact = None if version is None or latest else _validate.version(version)
-        matches = _match.compile_conditions(metadata)
+        conditions = _match.parse_conditions(metadata)
+        matches = _match.matcher(conditions)
         with adapter.read() as conn:
             ensembles = adapter.ensembles(conn, self._application_name,
                                           None if domain_name is None else [domain_name])
@@ -391,7 +509,7 @@ class AMSDataStore:
                                         None if entry_type is None else [entry_type])
             if exact is not None:
                 datasets = [d for d in datasets if d.version == exact]
-            records = adapter.file_records(conn, datasets, paths)
+            records = adapter.file_records(conn, datasets, paths, conditions)
         records = [r for r in records if matches(r.metadata)]
         if latest:
             top: Dict[Any, int] = {}
@@ -402,6 +520,85 @@ class AMSDataStore:
                        if r.dataset.version == top[(r.dataset.ensemble.domain_name,
                                                     r.dataset.entry_type)]]
         return [_entry(r).to_dict() for r in records]
+
+    # ------------------------------------------------------------------ lineage
+    def model_lineage(self, domain_name: str, version: Union[int, str]) -> Dict[str, Any]:
+        """Which data trained the models of ``version`` (an int or ``"latest"``).
+
+        Returns ``{"domain_name", "version", "models": [{"filename",
+        "data_versions", "present", "missing"}], "data_versions", "present",
+        "missing"}``: ``present`` are the training files still registered as
+        data of the domain, ``missing`` those no longer registered (removed
+        with ``purge=False`` or ``force=True``). Models added without
+        ``trained_on`` have empty lists. An unknown version is a
+        :class:`NotFoundError`.
+
+        >>> store.model_lineage("EOS", "latest")["missing"]       # doctest: +SKIP
+        []
+        """
+        adapter = self._require_open()
+        domain_name = _validate.name(domain_name, "domain_name")
+        latest = isinstance(version, str) and version == "latest"
+        wanted = None if latest else _validate.version(version)
+        with adapter.read() as conn:
+            ensembles = adapter.ensembles(conn, self._application_name, [domain_name])
+            datasets = adapter.datasets(conn, ensembles, ["models"])
+            existing = sorted({d.version for d in datasets})
+            if latest and existing:
+                wanted = existing[-1]
+            if wanted not in existing:
+                raise NotFoundError(f"no models version {version!r} in domain {domain_name!r} "
+                                    f"(existing: {', '.join(map(str, existing)) or 'none'})")
+            models = adapter.file_records(conn, [d for d in datasets if d.version == wanted])
+            trained = {p for m in models for p in m.metadata.get(TRAINED_ON_FILES, [])}
+            data = adapter.datasets(conn, ensembles, ["data"])
+            registered = {r.path for r in adapter.file_records(conn, data, trained)}
+        out: Dict[str, Any] = {"domain_name": domain_name, "version": wanted, "models": []}
+        for model in models:
+            files = model.metadata.get(TRAINED_ON_FILES, [])
+            out["models"].append({
+                "filename": model.path,
+                "data_versions": list(model.metadata.get(TRAINED_ON_VERSIONS, [])),
+                "present": [p for p in files if p in registered],
+                "missing": [p for p in files if p not in registered]})
+        for key in ("data_versions", "present", "missing"):
+            out[key] = sorted({item for model in out["models"] for item in model[key]})
+        return out
+
+    # ------------------------------------------------------------------ importing
+    def import_from(self, source: Union[str, "os.PathLike[str]"],
+                    application_name: Optional[str] = None, missing: str = "import",
+                    progress: Union[None, bool, Callable[[int, int], None]] = None,
+                    ) -> "ImportReport":
+        """Import an older AMS catalogue into this store; returns an :class:`ImportReport`.
+
+        ``source``: the older SQL-table store (a table ``entries``) as a SQLite
+        path or URL or a MariaDB URL, or the first Kosh-era store (its
+        ``ams_config.json``, the folder holding it, or the Kosh file). The
+        kind is detected. Every record keeps its application, domain, entry,
+        version and metadata; one transaction per domain/entry/version.
+        ``application_name`` imports only that application's records (and
+        names the application of a Kosh file that has no ``ams_config.json``).
+        ``missing="import"`` registers records whose file is gone (counted as
+        ``imported_missing``); ``"skip"`` leaves them out (``skipped_missing``).
+        Paths this store already holds are skipped, so a second run imports
+        nothing. The whole source is checked before anything is written: a
+        corrupt source raises :class:`ams.errors.ImportSourceError`.
+        ``progress``: None shows a bar on stderr when it is a terminal; False
+        never; a callable gets ``(done, total)``.
+
+        >>> store.import_from("old/ams_config.json").to_dict()["imported"]  # doctest: +SKIP
+        120
+        """
+        adapter = self._require_writable()
+        application_name = _validate.optional_name(application_name, "application_name")
+        if missing not in ("import", "skip"):
+            raise InvalidArgumentError(f"missing must be 'import' or 'skip', not {missing!r}")
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise InvalidArgumentTypeError(f"progress must be None, a bool or a callable, "
+                                           f"not {type(progress).__name__}")
+        return importer.import_catalogue(adapter, source, application_name, missing, progress,
+                                         self.entry_mime_types)
 
     # ------------------------------------------------------------------ moving
     def move(self, domain_name: str, dest_root_path: Union[str, "os.PathLike[str]"],
@@ -427,8 +624,12 @@ class AMSDataStore:
             raise InvalidArgumentError("no files given to move")
         dest_root = _validate.absolute_path(dest_root_path, "dest_root_path")
         version = _validate.optional_version(version)
-        if os.path.exists(dest_root) and not os.path.isdir(dest_root):
-            raise InvalidArgumentError(f"dest_root_path is not a directory: {dest_root!r}")
+        ancestor = dest_root  # the folder or its nearest existing parent must be a directory
+        while not os.path.lexists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise InvalidArgumentError(f"dest_root_path is not a directory: {dest_root!r}"
+                                       + ("" if ancestor == dest_root else f" ({ancestor!r} is not)"))
         targets = [os.path.join(dest_root, os.path.basename(src)) for src in sources]
         _validate.unique(targets, "destination names")
         for src, target in zip(sources, targets):
@@ -467,6 +668,48 @@ class AMSDataStore:
         LOGGER.info("moved %d file(s) of %s from %s to %s version %d", len(targets),
                     domain_name, src_type, dest_type, new_version)
         return targets
+
+    # ------------------------------------------------------------------ notebooks
+    def load_model(self, domain_name: str, version: Union[int, str] = "latest") -> Tuple[Any, Dict[str, Any]]:
+        """The model of ``version`` (default the latest) as a loaded ``torch.jit`` module, and its entry.
+
+        Returns ``(module, entry)``; ``entry`` is a :meth:`find` dict whose
+        ``metadata`` holds ``val_error``, ``test_error``, ``threshold``...
+        The module is loaded on CPU (torch is imported only here). Raises
+        :class:`NotFoundError` when the domain has no such model.
+
+        >>> model, entry = store.load_model("EOS")       # doctest: +SKIP
+        """
+        self._require_open()
+        return notebook.load_model(self, domain_name, version)
+
+    def load_data(self, domain_name: str, entry: str = "data", versions: VersionSelector = None,
+                  features: Union[str, Sequence[str]] = ("inputs", "outputs")) -> Tuple[Any, ...]:
+        """HDF5 ``features`` of the selected files, each concatenated along axis 0.
+
+        ``versions`` as in :meth:`get_files`; files in that order. Returns one
+        numpy array per feature. A file lacking a feature, or whose shape beyond
+        axis 0 differs from the first file's, raises an error naming both.
+
+        >>> inputs, outputs = store.load_data("EOS", versions="latest")  # doctest: +SKIP
+        """
+        self._require_open()
+        return notebook.load_data(self, domain_name, entry, versions, features)
+
+    def kosh_dataset(self, domain_name: str, entry: str, version: Union[int, str] = "latest") -> Any:
+        """The Kosh dataset of ``entry`` version ``version``, for people who want Kosh's own API.
+
+        Opens (once, closed by :meth:`close`) a plain read-only ``kosh.connect``
+        on the same database with ``ams``'s loaders registered in-process, so
+        ``.get("model")`` works on models. Raises :class:`NotFoundError` when
+        there is no such dataset.
+
+        >>> store.kosh_dataset("EOS", "data", 1).list_features()   # doctest: +SKIP
+        """
+        self._require_open()
+        if self._kosh_store is None:
+            self._kosh_store = notebook.connect_kosh(self._url)
+        return notebook.kosh_dataset(self, self._kosh_store, domain_name, entry, version)
 
     # ------------------------------------------------------------------ names
     def suggest_model_file_name(self, domain_name: Optional[str] = None) -> str:

@@ -33,7 +33,7 @@ from kosh.loaders.core import KoshLoader
 
 from ..errors import WrongFileFormatError
 
-__all__ = ["TorchScriptLoader", "is_torchscript_archive", "MODEL_FEATURE"]
+__all__ = ["TorchScriptLoader", "is_torchscript_archive", "load_torchscript", "MODEL_FEATURE"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,28 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
     return f"{root}/data.pkl" in members and f"{root}/constants.pkl" in members and has_code
 
 
+def load_torchscript(path: str | os.PathLike[str] | None) -> Any:
+    """Load a TorchScript module on CPU, with a clear error for files that are not models.
+
+    Shared by the Kosh loader and :meth:`ams.AMSDataStore.load_model`, so both
+    refuse non-models with the same :class:`~ams.errors.WrongFileFormatError`.
+    """
+    if path is None or not is_torchscript_archive(path):
+        raise WrongFileFormatError(
+            f"{path!r} is not a TorchScript archive (expected a zip written by "
+            f"torch.jit.save with <root>/data.pkl, <root>/constants.pkl and <root>/code/)"
+        )
+    import torch
+
+    try:
+        return torch.jit.load(path, map_location="cpu")
+    except Exception as err:  # torch raises bare RuntimeErrors with C++ traces
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WrongFileFormatError(
+            f"{path!r} looks like a TorchScript archive but torch.jit.load failed: {first_line}"
+        ) from err
+
+
 class TorchScriptLoader(KoshLoader):
     """Kosh loader reading TorchScript model files (``.pt``) stored as ``"zip"``.
 
@@ -92,21 +114,7 @@ class TorchScriptLoader(KoshLoader):
     # -- loading ---------------------------------------------------------
     def _load_module(self) -> Any:
         """Load the module from ``self.uri`` on CPU, with a clear error for non-models."""
-        path = self.uri
-        if path is None or not is_torchscript_archive(path):
-            raise WrongFileFormatError(
-                f"{path!r} is not a TorchScript archive (expected a zip written by "
-                f"torch.jit.save with <root>/data.pkl, <root>/constants.pkl and <root>/code/)"
-            )
-        import torch
-
-        try:
-            return torch.jit.load(path, map_location="cpu")
-        except Exception as err:  # torch raises bare RuntimeErrors with C++ traces
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise WrongFileFormatError(
-                f"{path!r} looks like a TorchScript archive but torch.jit.load failed: {first_line}"
-            ) from err
+        return load_torchscript(self.uri)
 
     @staticmethod
     def _state_dict(module: Any) -> "OrderedDict[str, Any]":

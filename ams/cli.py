@@ -1,0 +1,674 @@
+"""The ``ams-store`` command line: parse, call ONE public :class:`ams.AMSDataStore` method, print.
+
+The CLI never touches Kosh or SQL: each command opens the store, calls one
+library method and prints its result as stable JSON (sorted keys, indent 2) on
+stdout. Exit codes: 0 success, 1 store errors (one line ``Error: ...`` on
+stderr, no traceback unless ``--verbose``, never a password), 2 usage errors.
+
+Adding a command
+----------------
+Every command is one entry of the :data:`COMMANDS` registry, made by the
+:func:`command` decorator from one function (``run(store, args) -> int``,
+which calls one store method and :func:`emit` s the result) and one parser
+block (``arguments(parser)``, which adds the command's options). For example::
+
+    def _lineage_arguments(parser):
+        parser.add_argument("--domain", required=True, help="domain name")
+
+    @command("lineage", "Show which data a model was trained on.",
+             example="ams-store lineage --domain EOS",
+             arguments=_lineage_arguments, read_only=True)
+    def lineage(store, args):
+        emit(store.lineage(args.domain))
+        return 0
+
+The framework supplies the rest: the global options (``--url`` /
+``AMS_STORE_URL``, ``--name`` / ``AMS_APP_NAME``, ``-v``), opening and closing
+the store (read-only when ``read_only``), the ``--help`` page with its example
+(``tests/test_cli.py`` fails when a command lacks either), turning errors into
+exit codes and masking passwords. Raise :class:`UsageError` (exit 2) for a bad
+combination of options, best from the optional ``check(args)`` hook, which
+runs before the store is opened; raise :class:`CLIError` or an
+:mod:`ams.errors` exception (exit 1) for a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import traceback
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Union
+
+from .errors import AMSStoreError, InvalidArgumentError, MissingFileError
+from .store import AMSDataStore
+from .store_types import AMSModelDescr, UQAggregate, UQType
+from .url import mask_password
+
+__all__ = ["main", "COMMANDS", "Command", "command", "emit", "CLIError", "UsageError"]
+
+PROG = "ams-store"
+URL_ENV = "AMS_STORE_URL"
+NAME_ENV = "AMS_APP_NAME"
+ENTRY_TYPES = sorted(AMSDataStore.valid_entries)
+PROGRESS_MIN_FILES = 10
+"""Adds of at least this many files show progress on stderr."""
+
+LOGGER = logging.getLogger(__name__)
+
+
+class CLIError(Exception):
+    """A failure the CLI itself detects (exit code 1)."""
+
+
+class UsageError(Exception):
+    """A bad combination of options (exit code 2, with the command's usage)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its help, its example, its parser block and its function."""
+
+    name: str
+    help: str
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[AMSDataStore, argparse.Namespace], int]
+    read_only: Union[bool, Callable[[argparse.Namespace], bool]] = False
+    check: Optional[Callable[[argparse.Namespace], None]] = None
+
+    def opens_read_only(self, args: argparse.Namespace) -> bool:
+        return self.read_only(args) if callable(self.read_only) else bool(self.read_only)
+
+
+COMMANDS: Dict[str, Command] = {}
+"""name -> :class:`Command`, in the order the commands are listed in ``--help``."""
+
+
+def command(name: str, help: str, example: str,
+            arguments: Callable[[argparse.ArgumentParser], None],
+            read_only: Union[bool, Callable[[argparse.Namespace], bool]] = False,
+            check: Optional[Callable[[argparse.Namespace], None]] = None):
+    """Register the decorated ``run(store, args) -> int`` as subcommand ``name``."""
+    def register(run: Callable[[AMSDataStore, argparse.Namespace], int]):
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} is registered twice")
+        COMMANDS[name] = Command(name, help, example, arguments, run, read_only, check)
+        return run
+    return register
+
+
+# ------------------------------------------------------------------ output helpers
+def emit(value: Any) -> None:
+    """Print ``value`` as stable JSON (sorted keys, indent 2) on stdout."""
+    sys.stdout.write(json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def fail(message: str) -> int:
+    """Write the one ``Error: ...`` line to stderr; return exit code 1."""
+    sys.stderr.write(f"Error: {_one_line(message)}\n")
+    return 1
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
+
+
+def mask_secrets(text: str, password: Optional[str] = None) -> str:
+    """Hide ``password`` and any ``scheme://user:password@`` in ``text``.
+
+    >>> mask_secrets("bad: mariadb://ams:pw@db/x")
+    'bad: mariadb://ams:***@db/x'
+    """
+    return _URL_PASSWORD.sub(r"\1***@", mask_password(text, password))
+
+
+def _password_of(url: Optional[str]) -> Optional[str]:
+    if not url or "://" not in url or "@" not in url:
+        return None
+    auth = url.split("://", 1)[1].rpartition("@")[0]
+    return auth.split(":", 1)[1] if ":" in auth else None
+
+
+class _Progress:
+    """``progress(done, total)`` callback: a bar on a terminal, count lines with -v otherwise."""
+
+    def __init__(self, label: str, total: int, verbose: bool, stream: Optional[TextIO] = None,
+                 width: int = 30) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.label, self.total, self.width = label, total, width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = total >= PROGRESS_MIN_FILES and (self.tty or verbose)
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or not total:
+            return
+        step = done * (100 if self.tty else 10) // total
+        if step == self._shown:
+            return
+        self._shown = step
+        if self.tty:
+            filled = self.width * done // total
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                              f"{done}/{total}")
+            if done == total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{PROG}: {self.label}: {done}/{total} files\n")
+        self.stream.flush()
+
+
+# ------------------------------------------------------------------ argument helpers
+def _json_object(text: Optional[str], option: str) -> Dict[str, Any]:
+    """Parse a JSON object given on the command line (empty when not given)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(f"{option} is not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{option} must be a JSON object like '{{\"cycle\": 3}}', "
+                                   f"not {text!r}")
+    return value
+
+
+def _version_selector(text: str) -> Union[int, str]:
+    """``latest`` or an integer (argparse type)."""
+    if text == "latest":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'latest', not {text!r}") from None
+
+
+def _add_domain(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--domain", required=required, dest="domain_name", metavar="D",
+                        help="domain name (a physics sub-model such as EOS)")
+
+
+def _add_entry(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--entry", required=required, dest="entry_type", choices=ENTRY_TYPES,
+                        help="entry type")
+
+
+def _add_metadata(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--metadata", metavar="JSON", help=help)
+
+
+# ------------------------------------------------------------------ create
+def _create_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options besides the global ones."""
+
+
+@command("create", "Create the store (its tables) if needed and report what was created.",
+         example=f"{PROG} --url sqlite:///ams/catalogue.db --name my-app create",
+         arguments=_create_arguments)
+def create(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit({"store": str(store), "application_name": store.application_name,
+          "created": store.created_tables})
+    return 0
+
+
+# ------------------------------------------------------------------ add
+_MODEL_OPTIONS = ("threshold", "uq_type", "uq_aggregate", "val_error", "test_error")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_entry(parser)
+    _add_domain(parser)
+    parser.add_argument("--file", dest="files", action="append", required=True, metavar="F",
+                        help="file to register (repeat for several; one for models)")
+    parser.add_argument("--version", type=int, metavar="V",
+                        help="version to add to (default: a new version, max + 1)")
+    _add_metadata(parser, "metadata of every added file, a JSON object")
+    parser.add_argument("--copy-to", metavar="DIR",
+                        help="copy the files into DIR first (same names, never overwriting) "
+                             "and register the copies")
+    models = parser.add_argument_group("models (with --entry models)")
+    models.add_argument("--threshold", type=float, help="uncertainty threshold")
+    models.add_argument("--uq-type", help="one of " + ", ".join(m.name for m in UQType))
+    models.add_argument("--uq-aggregate",
+                        help="one of " + ", ".join(m.name for m in UQAggregate)
+                             + " (required unless --uq-type Random)")
+    models.add_argument("--val-error", type=float, help="validation error")
+    models.add_argument("--test-error", type=float, help="test error")
+
+
+def _check_add(args: argparse.Namespace) -> None:
+    given = [name for name in _MODEL_OPTIONS if getattr(args, name) is not None]
+    option = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    if args.entry_type != "models":
+        if given:
+            raise UsageError(f"{', '.join(map(option, given))} only apply to --entry models")
+        return
+    if len(args.files) != 1:
+        raise UsageError(f"add one model file per call, not {len(args.files)}")
+    missing = [option(name) for name in ("threshold", "uq_type", "val_error", "test_error")
+               if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"--entry models needs {', '.join(missing)}")
+
+
+@command("add", "Register files (one version per call) in data, candidates or models.",
+         example=f"{PROG} add --entry data --domain EOS --file run-1.h5 --file run-2.h5 \\\n"
+                 f"      --metadata '{{\"cycle\": 3}}'\n"
+                 f"{PROG} add --entry models --domain EOS --file eos.pt --threshold 0.5 \\\n"
+                 f"      --uq-type DeltaUQ --uq-aggregate mean --val-error 0.03 --test-error 0.02",
+         arguments=_add_arguments, check=_check_add)
+def add(store: AMSDataStore, args: argparse.Namespace) -> int:
+    metadata = _json_object(args.metadata, "--metadata")
+    model = None
+    if args.entry_type == "models":  # built (and checked) before anything is copied
+        model = AMSModelDescr(args.files[0], args.threshold, args.uq_type, args.uq_aggregate)
+    verbose = args.verbose > 0
+    with _copied_into(args.copy_to, args.files, verbose) as files:
+        if model is not None:
+            version = store.add_model(args.domain_name, dataclasses.replace(model, path=files[0]),
+                                      test_error=args.test_error, val_error=args.val_error,
+                                      version=args.version, metadata=metadata)
+        else:
+            method = store.add_data if args.entry_type == "data" else store.add_candidates
+            version = method(args.domain_name, files, args.version, metadata,
+                             progress=_Progress("checking", len(files), verbose))
+    emit({"domain_name": args.domain_name, "entry_type": args.entry_type, "version": version,
+          "files": [os.path.realpath(path) for path in files]})
+    return 0
+
+
+@contextlib.contextmanager
+def _copied_into(directory: Optional[str], files: Sequence[str], verbose: bool) -> Iterator[List[str]]:
+    """Yield ``files``, or their copies in ``directory``, deleted again if the block fails."""
+    if directory is None:
+        yield list(files)
+        return
+    root = os.path.abspath(directory)
+    targets = [os.path.join(root, os.path.basename(os.path.normpath(path))) for path in files]
+    for path, target in zip(files, targets):
+        if not os.path.isfile(path):
+            raise MissingFileError(f"file does not exist: {path!r}")
+        if os.path.lexists(target):
+            raise InvalidArgumentError(f"--copy-to: {target!r} already exists; refusing to overwrite")
+    if len(set(targets)) != len(targets):
+        raise InvalidArgumentError("--copy-to: two files have the same name: "
+                                   + ", ".join(sorted({t for t in targets if targets.count(t) > 1})))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise InvalidArgumentError(f"--copy-to: {root!r} is not a directory")
+    made = []  # directories we create, innermost first
+    parent = root
+    while not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    copies: List[str] = []
+    progress = _Progress("copying", len(files), verbose)
+    try:
+        os.makedirs(root, exist_ok=True)
+        for path, target in zip(files, targets):
+            with open(path, "rb") as source, open(target, "xb") as copy:
+                copies.append(target)
+                shutil.copyfileobj(source, copy)
+            shutil.copystat(path, target)
+            progress(len(copies), len(files))
+        yield targets
+    except BaseException:
+        for copy in copies:
+            with contextlib.suppress(OSError):
+                os.remove(copy)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+# ------------------------------------------------------------------ remove
+def _remove_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_entry(parser)
+    _add_domain(parser)
+    parser.add_argument("--file", dest="files", action="append", metavar="F",
+                        help="file to remove (repeat for several); without it, remove what "
+                             "--version/--metadata match")
+    parser.add_argument("--version", type=_version_selector, metavar="V|latest",
+                        help="only this version ('latest': the highest matching one)")
+    _add_metadata(parser, "only entries whose metadata match, a JSON object "
+                          "(operators as in query)")
+    parser.add_argument("--all", action="store_true",
+                        help="remove every file of the entry (required when no filter is given)")
+    parser.add_argument("--purge", action="store_true",
+                        help="also delete the files from disk (default: keep them)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --entry data --purge: delete files that registered models "
+                             "were trained on too (refused otherwise; see lineage)")
+
+
+def _check_remove(args: argparse.Namespace) -> None:
+    filters = [name for name, value in (("--file", args.files), ("--version", args.version),
+                                        ("--metadata", args.metadata)) if value is not None]
+    if args.all and filters:
+        raise UsageError(f"--all cannot be combined with {', '.join(filters)}")
+    if not args.all and not filters:
+        raise UsageError(f"refusing to remove every {args.entry_type} file of "
+                         f"{args.domain_name!r}: give --file, --version or --metadata, or --all")
+    if args.force and not (args.purge and args.entry_type == "data"):
+        raise UsageError("--force only applies to --entry data --purge")
+
+
+@command("remove", "Remove entries from the store (and their files with --purge).",
+         example=f"{PROG} remove --entry candidates --domain EOS --version 3 --purge\n"
+                 f"{PROG} remove --entry data --domain EOS --file run-1.h5",
+         arguments=_remove_arguments, check=_check_remove)
+def remove(store: AMSDataStore, args: argparse.Namespace) -> int:
+    metadata = _json_object(args.metadata, "--metadata")
+    if args.metadata is not None and not metadata:
+        raise InvalidArgumentError("--metadata '{}' matches everything; use --all to mean that")
+    method = {"data": store.remove_data, "models": store.remove_models,
+              "candidates": store.remove_candidates}[args.entry_type]
+    force = {"force": True} if args.force else {}
+    report = method(args.domain_name, args.files, version=args.version,
+                    metadata=metadata or None, purge=args.purge, **force)
+    emit(report.to_dict())
+    problems = []
+    if report.not_found:
+        problems.append(f"{len(report.not_found)} file(s) not in {args.domain_name}/"
+                        f"{args.entry_type}: {', '.join(report.not_found)}")
+    if report.purge_errors:
+        problems.append(f"could not delete {len(report.purge_errors)} file(s): "
+                        + ", ".join(f"{path}: {why}" for path, why in report.purge_errors.items()))
+    return fail("; ".join(problems)) if problems else 0
+
+
+# ------------------------------------------------------------------ query
+def _query_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser, required=False)
+    _add_entry(parser, required=False)
+    parser.add_argument("--version", type=_version_selector, metavar="V|latest",
+                        help="only this version ('latest': the highest matching one per "
+                             "domain and entry)")
+    _add_metadata(parser, "metadata filter, a JSON object: {\"key\": value} for equality or "
+                          "{\"key\": {\"op\": value}} with op one of == != < <= > >= in")
+    parser.add_argument("--file", metavar="F", help="only the entry of this file "
+                                                   "(cannot be combined with --metadata)")
+    parser.add_argument("--field", metavar="NAME",
+                        help="print only this field, one value per line: an entry key "
+                             "(filename, version, id, domain_name, entry_type, "
+                             "application_name) or a metadata key")
+
+
+def _check_query(args: argparse.Namespace) -> None:
+    if args.file is not None and args.metadata is not None:
+        raise UsageError("--file and --metadata cannot be combined")
+
+
+@command("query", "List entries (JSON) matching a domain, entry, version and metadata.",
+         example=f"{PROG} query --domain EOS --entry models --version latest \\\n"
+                 f"      --metadata '{{\"val_error\": {{\"<\": 0.1}}}}' --field filename",
+         arguments=_query_arguments, read_only=True, check=_check_query)
+def query(store: AMSDataStore, args: argparse.Namespace) -> int:
+    if args.file is not None:
+        entries = store.find(args.domain_name, filename=args.file, entry_type=args.entry_type,
+                             version=args.version)
+    else:
+        entries = store.search(args.domain_name, args.entry_type, args.version,
+                               _json_object(args.metadata, "--metadata"))
+    if args.field is None:
+        emit(entries)
+        return 0
+    values = [entry[args.field] if args.field in entry else entry["metadata"][args.field]
+              for entry in entries if args.field in entry or args.field in entry["metadata"]]
+    if entries and not values:
+        raise CLIError(f"no matching entry has a field {args.field!r} "
+                       f"(entry keys: {', '.join(sorted(entries[0]))}, or a metadata key)")
+    for value in values:
+        sys.stdout.write((value if isinstance(value, str) else json.dumps(value)) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------ versions
+def _versions_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser)
+    _add_entry(parser)
+    parser.add_argument("--files", action="store_true",
+                        help="map each version to its files instead of listing versions")
+
+
+@command("versions", "List the versions of an entry (JSON), optionally with their files.",
+         example=f"{PROG} versions --domain EOS --entry data --files",
+         arguments=_versions_arguments, read_only=True)
+def versions(store: AMSDataStore, args: argparse.Namespace) -> int:
+    method = {"data": store.get_data_versions, "models": store.get_model_versions,
+              "candidates": store.get_candidate_versions}[args.entry_type]
+    emit(method(args.domain_name, associate_files=args.files))
+    return 0
+
+
+# ------------------------------------------------------------------ move
+def _move_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser)
+    parser.add_argument("--from", dest="src_type", required=True, choices=ENTRY_TYPES,
+                        help="entry the files are registered in")
+    parser.add_argument("--to", dest="dest_type", required=True, choices=ENTRY_TYPES,
+                        help="entry to register the moved files in")
+    parser.add_argument("--dest", required=True, metavar="DIR",
+                        help="directory the files are copied into (sources are deleted after)")
+    parser.add_argument("--file", dest="files", action="append", required=True, metavar="F",
+                        help="registered file to move (repeat for several)")
+    parser.add_argument("--version", type=int, metavar="V",
+                        help="version of --to to add to (default: a new version)")
+
+
+@command("move", "Move registered files to another entry (promote candidates to data).",
+         example=f"{PROG} move --domain EOS --from candidates --to data --dest /pfs/eos/data \\\n"
+                 f"      --file cand-1.h5 --file cand-2.h5",
+         arguments=_move_arguments)
+def move(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit(store.move(args.domain_name, args.dest, args.src_type, args.dest_type, args.files,
+                    version=args.version))
+    return 0
+
+
+# ------------------------------------------------------------------ verify
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser, required=False)
+    parser.add_argument("--repair", action="store_true",
+                        help="also repair what can be repaired (opens the store for writing)")
+
+
+@command("verify", "Check the store's consistency; exit 1 when problems are found.",
+         example=f"{PROG} verify --domain EOS",
+         arguments=_verify_arguments, read_only=lambda args: not args.repair)
+def verify(store: AMSDataStore, args: argparse.Namespace) -> int:
+    if not hasattr(store, "verify"):
+        raise CLIError("this version of ams has no AMSDataStore.verify")
+    report = store.verify(domain_name=args.domain_name, repair=args.repair)
+    emit(report.to_dict())
+    return 0 if report.ok else fail("verify found problems (see the report on stdout)")
+
+
+# ------------------------------------------------------------------ plot
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser)
+    parser.add_argument("--out", required=True, metavar="FILE.png",
+                        help="PNG file to write (its folder is created if needed)")
+
+
+@command("plot", "Draw a domain's model errors and data files per version into a PNG "
+                 "(needs matplotlib: the 'plot' extra).",
+         example=f"{PROG} plot --domain EOS --out eos.png",
+         arguments=_plot_arguments, read_only=True)
+def plot(store: AMSDataStore, args: argparse.Namespace) -> int:
+    from .plot import plot_store
+    emit({"domain_name": args.domain_name, "plot": plot_store(store, args.domain_name, args.out)})
+    return 0
+
+
+# ------------------------------------------------------------------ import
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", required=True, metavar="URL",
+                        help="the older catalogue: a SQLite path or URL or a MariaDB URL "
+                             "holding the SQL table 'entries', or a Kosh-era store (its "
+                             "ams_config.json, the folder holding it, or the Kosh file)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="leave out records whose file is gone (default: import them)")
+    parser.add_argument("--application", metavar="NAME",
+                        help="import only this application's records (and name the "
+                             "application of a Kosh file that has no ams_config.json)")
+
+
+@command("import", "Import an older catalogue (SQL-table or Kosh-era store); a re-run "
+                   "imports nothing twice.",
+         example=f"{PROG} import --from sqlite:////pfs/ams/old-store.db --skip-missing\n"
+                 f"{PROG} import --from /pfs/ams/kosh-store/ams_config.json",
+         arguments=_import_arguments)
+def import_(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit(store.import_from(args.source, application_name=args.application,
+                           missing="skip" if args.skip_missing else "import").to_dict())
+    return 0
+
+
+# ------------------------------------------------------------------ lineage
+def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser)
+    parser.add_argument("--version", type=_version_selector, required=True, metavar="V|latest",
+                        help="models version")
+
+
+@command("lineage", "Show which data versions and files trained a models version "
+                    "(present, or missing: no longer registered).",
+         example=f"{PROG} lineage --domain EOS --version latest",
+         arguments=_lineage_arguments, read_only=True)
+def lineage(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit(store.model_lineage(args.domain_name, args.version))
+    return 0
+
+
+# ------------------------------------------------------------------ parser and main
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose error messages never echo a password."""
+
+    def error(self, message: str):
+        super().error(mask_secrets(message))
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """``--url``, ``--name``, ``-v``; on subcommands too (defaults suppressed, not overriding)."""
+    url, name, verbose = (argparse.SUPPRESS,) * 3 if suppress else (None, None, 0)
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument("--url", default=url,
+                       help=f"store URL: sqlite:///path.db, a file path or "
+                            f"mariadb://user:password@host:port/database (env {URL_ENV})")
+    group.add_argument("--name", default=name, help=f"application name (env {NAME_ENV})")
+    group.add_argument("-v", "--verbose", action="count", default=verbose,
+                       help="log what happens (-vv: debug); show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ams-store`` parser with one subparser per registered command."""
+    parser = _Parser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The AMS catalogue from the shell: data, candidates and models per "
+                    "application and domain, with versions and metadata.",
+        epilog=f"The store URL and application name come from --url/--name or from "
+               f"{URL_ENV}/{NAME_ENV}.\nOutput is JSON on stdout. Exit codes: 0 success, "
+               f"1 store error (one 'Error:' line on stderr), 2 usage error.\n\n"
+               f"example:\n  export {URL_ENV}=sqlite:///ams/catalogue.db {NAME_ENV}=my-app\n"
+               f"  {PROG} create && {PROG} add --entry data --domain EOS --file run-1.h5\n"
+               f"  {PROG} <command> --help")
+    _global_options(parser, suppress=False)
+    subparsers = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for spec in COMMANDS.values():
+        sub = subparsers.add_parser(
+            spec.name, help=spec.help, description=spec.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="example:\n" + "\n".join("  " + line for line in spec.example.splitlines()))
+        spec.arguments(sub)
+        _global_options(sub, suppress=True)
+        sub.set_defaults(_subparser=sub)
+    return parser
+
+
+class _MaskingFilter(logging.Filter):
+    def __init__(self, password: Optional[str]) -> None:
+        super().__init__()
+        self.password = password
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_secrets(record.getMessage(), self.password), None
+        return True
+
+
+@contextlib.contextmanager
+def _logging(verbosity: int, password: Optional[str]) -> Iterator[None]:
+    """Log to stderr while the command runs: nothing by default, INFO with -v, DEBUG with -vv."""
+    if verbosity <= 0:
+        yield
+        return
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_MaskingFilter(password))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``ams-store`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error argparse already printed
+        return exit.code if isinstance(exit.code, int) else 2
+    spec, subparser = COMMANDS[args.command], args._subparser
+    url = args.url if args.url is not None else os.environ.get(URL_ENV)
+    name = args.name if args.name is not None else os.environ.get(NAME_ENV)
+    password = _password_of(url)
+    try:
+        if not url:
+            raise UsageError(f"no store URL: give --url or set {URL_ENV}")
+        if not name:
+            raise UsageError(f"no application name: give --name or set {NAME_ENV}")
+        if spec.check is not None:
+            spec.check(args)
+        with _logging(args.verbose, password):
+            with AMSDataStore(name, url, read_only=spec.opens_read_only(args)) as store:
+                return spec.run(store, args)
+    except UsageError as error:
+        try:
+            subparser.error(str(error))
+        except SystemExit as exit:
+            return exit.code if isinstance(exit.code, int) else 2
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
+    except (AMSStoreError, CLIError, OSError, ValueError, TypeError) as error:
+        return _failed(error, args.verbose, password, str(error))
+    except Exception as error:  # noqa: BLE001 - a bug below us: still one line, no password
+        return _failed(error, args.verbose, password,
+                       f"unexpected {type(error).__name__}: {error} "
+                       f"(please report; -v shows the traceback)")
+    return 1  # pragma: no cover - subparser.error always exits
+
+
+def _failed(error: BaseException, verbosity: int, password: Optional[str], message: str) -> int:
+    if verbosity > 0:
+        sys.stderr.write(mask_secrets("".join(traceback.format_exception(error)), password))
+    return fail(mask_secrets(message, password))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
