@@ -7,8 +7,8 @@ from . import errors
 from .errors import AMSStoreError
 from .importer import ImportReport
 from .store import AMSDataStore, RemoveReport
-from .store_types import AMSModelDescr, Entry, UQAggregate, UQType
+from .store_types import AMSModelDescr, Entry, UQAggregate, UQType, VerifyReport
 
 __all__ = ["AMSDataStore", "AMSModelDescr", "AMSStoreError", "Entry", "ImportReport", "RemoveReport",
-           "UQAggregate", "UQType", "errors"]
+           "UQAggregate", "UQType", "VerifyReport", "errors"]
 __version__ = "0.1.0"

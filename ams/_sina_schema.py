@@ -40,6 +40,9 @@ URI_PREFIX = 768
 #: Characters of the VARCHAR(15000) ``value`` columns indexed on MariaDB.
 VALUE_PREFIX = 255
 
+# MariaDB "table already exists" and "duplicate key name" error numbers.
+_MARIADB_EXISTS = {1050, 1061}
+
 # (table, index name, columns, MariaDB prefix lengths): the adapter's lookups.
 _AMS_INDEXES = (
     ("StringData", "ams_stringdata_name_value", ("name", "value"), {"value": VALUE_PREFIX}),
@@ -99,12 +102,17 @@ def _existing(engine: sa.engine.Engine) -> set[tuple[str, str | None]]:
         return {(table, index) for table, index in conn.execute(sa.text(query))}
 
 
+def _already_exists(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a CREATE failed only because another process created the object first."""
+    return getattr(exc.orig, "errno", None) in _MARIADB_EXISTS or "already exists" in str(exc.orig)
+
+
 def create_tables(engine: sa.engine.Engine) -> list[str]:
     """Create Sina's tables (and ams's extra indexes) if missing; return the names of what was created.
 
     Idempotent, and safe when several processes call it at once on a fresh database:
-    a statement that fails because another process created the object first is
-    ignored once a re-check finds the object there.
+    a statement that fails because another process created the object first
+    ("already exists", or a re-check finds it) is not an error.
     """
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "mysql", "mariadb"):
@@ -122,9 +130,10 @@ def create_tables(engine: sa.engine.Engine) -> list[str]:
             try:
                 with engine.begin() as conn:
                     conn.execute(ddl)
-            except sa.exc.DBAPIError:
-                existing = _existing(engine)
-                if key not in existing:
+            except sa.exc.DBAPIError as exc:
+                # information_schema can miss a table another process is altering:
+                # trust the error itself first.
+                if not _already_exists(exc) and key not in _existing(engine):
                     raise
                 log.debug("%s was created concurrently by another process", index or table.name)
                 continue

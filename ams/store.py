@@ -22,7 +22,7 @@ from .errors import (InvalidArgumentError, InvalidArgumentTypeError, LineageErro
                      MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError,
                      AMSStoreError)
 from .importer import ImportReport
-from .store_types import AMSModelDescr, Entry
+from .store_types import AMSModelDescr, Entry, VerifyReport
 from .url import StoreURL, parse_store_url
 
 __all__ = ["AMSDataStore", "RemoveReport"]
@@ -394,6 +394,57 @@ class AMSDataStore:
             except OSError as error:
                 report.purge_errors[path] = str(error)
                 LOGGER.error("purge: could not delete %s: %s", path, error)
+
+    # ------------------------------------------------------------------ checking
+    def verify(self, domain_name: Optional[str] = None, repair: bool = False) -> VerifyReport:
+        """Compare every record of this application (and legacy ensembles) with the disk.
+
+        Files get deleted or rewritten behind the catalogue's back (scratch
+        purges, a job rerun into the same path); this finds the records whose
+        file is missing, or whose content differs from registration (Kosh's
+        ``fast_sha``, which samples the file, so it is cheap on big files).
+        ``repair=True`` drops the records of missing files, in one transaction,
+        re-checking each file under the write lock; it never touches a file and
+        never drops a changed one (read-only stores refuse it). Records Kosh
+        stored without a ``fast_sha`` are only checked for existence.
+
+        >>> report = store.verify("EOS")                      # doctest: +SKIP
+        >>> report.ok, [e["filename"] for e in report.missing]  # doctest: +SKIP
+        """
+        domain_name = _validate.optional_name(domain_name, "domain_name")
+        repair = _validate.boolean(repair, "repair")
+        adapter = self._require_writable() if repair else self._require_open()
+        with adapter.read() as conn:
+            records = adapter.application_files(conn, self._application_name, domain_name)
+        report = VerifyReport(checked=len(records))
+        for record in records:
+            described = _entry(record).to_dict()
+            del described["metadata"]
+            if not os.path.isfile(record.path):
+                report.missing.append(described)
+                continue
+            if record.fast_sha is None:
+                continue
+            try:
+                current = _kosh.fast_sha(record.path)
+            except OSError as error:
+                report.unreadable.append({**described, "error": str(error)})
+                continue
+            if current != record.fast_sha:
+                report.changed.append({**described, "registered_fast_sha": record.fast_sha,
+                                       "current_fast_sha": current})
+        if repair and report.missing:
+            gone = {entry["id"] for entry in report.missing}
+            result = adapter.remove_where(
+                self._application_name, domain_name,
+                lambda record: record.id in gone and not os.path.isfile(record.path))
+            report.repaired = sorted(record.path for record in result.removed)
+            LOGGER.info("verify: dropped %d record(s) of missing files", len(report.repaired))
+        if not report.ok:
+            LOGGER.warning("verify: %d record(s) checked, %d missing, %d changed, %d unreadable",
+                           report.checked, len(report.missing), len(report.changed),
+                           len(report.unreadable))
+        return report
 
     # ------------------------------------------------------------------ versions and files
     def get_data_versions(self, domain_name: str, associate_files: bool = False):

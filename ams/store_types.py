@@ -6,11 +6,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
 
-__all__ = ["UQType", "UQAggregate", "AMSModelDescr", "Entry"]
+__all__ = ["UQType", "UQAggregate", "AMSModelDescr", "Entry", "VerifyReport"]
 
 
 class UQType(Enum):
@@ -108,3 +108,37 @@ class Entry:
             "version": self.version,
             "metadata": dict(self.metadata),
         }
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`AMSDataStore.verify` found, comparing the records with the disk.
+
+    ``checked``: records looked at. ``missing``: entries whose file is gone (or
+    is no longer a regular file). ``changed``: entries whose content differs from
+    what was registered (Kosh's ``fast_sha``), with ``registered_fast_sha`` and
+    ``current_fast_sha``. ``unreadable``: entries whose file exists but could not
+    be read (``error``). ``repaired``: paths whose records ``repair=True`` dropped.
+    Each entry is a dict with ``id``, ``application_name``, ``domain_name``,
+    ``entry_type``, ``version`` and ``filename``.
+    """
+
+    checked: int = 0
+    missing: List[Dict[str, Any]] = field(default_factory=list)
+    changed: List[Dict[str, Any]] = field(default_factory=list)
+    unreadable: List[Dict[str, Any]] = field(default_factory=list)
+    repaired: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every record matches its file (a missing one counts once repaired)."""
+        repaired = set(self.repaired)
+        return (not self.changed and not self.unreadable
+                and all(entry["filename"] in repaired for entry in self.missing))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked,
+                "missing": [dict(entry) for entry in self.missing],
+                "changed": [dict(entry) for entry in self.changed],
+                "unreadable": [dict(entry) for entry in self.unreadable],
+                "repaired": list(self.repaired)}

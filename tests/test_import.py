@@ -180,6 +180,8 @@ def test_missing_files_skipped_then_imported(store, tmp_path, make_h5, unchanged
                 for r in store._adapter.file_records(conn, store._adapter.datasets(conn, ensembles))}
     # What Kosh itself stores for a missing path, so that verification reports it missing.
     assert (shas[gone[0]], shas[present]) == (fast_sha(gone[0]), fast_sha(present))
+    checked = store.verify("EOS")
+    assert (sorted(e["filename"] for e in checked.missing), checked.changed) == (sorted(gone), [])
 
     guard = unchanged()
     report = store.import_from(source).to_dict()

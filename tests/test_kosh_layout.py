@@ -11,6 +11,7 @@ Three directions, on both backends:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -42,13 +43,19 @@ def kosh_target(url: StoreURL) -> str:
 @contextlib.contextmanager
 def plain_kosh(url: StoreURL, read_only: bool = False):
     import kosh
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        store = kosh.connect(kosh_target(url), read_only=read_only)
+    # Kosh's connect() and close() each run gc.collect(), ~0.3-1 s with torch and
+    # SQLAlchemy loaded; freezing what already exists makes those collections cheap.
+    gc.freeze()
     try:
-        yield store
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            store = kosh.connect(kosh_target(url), read_only=read_only)
+        try:
+            yield store
+        finally:
+            store.close()
     finally:
-        store.close()
+        gc.unfreeze()
 
 
 def prepare_for_plain_kosh(url: StoreURL) -> None:
@@ -176,21 +183,15 @@ def test_plain_kosh_reads_what_ams_wrote(store, make_h5, make_model):
     np.testing.assert_array_equal(eos["datasets"][("data", 2)]["inputs"], expected)
     assert expected.shape == (5, 2)
 
-
-def test_plain_kosh_in_write_mode_only_touches_its_store_info(store, make_h5, make_model):
-    """Why the browse above is read-only: Kosh's close() in write mode rewrites its own
-    store-info record (``last_modified_date``, feature cache). Nothing else is written:
-    ams already wrote the users and every file record's ``creation_date``."""
-    _fill(store, make_h5, make_model)
-    before = snapshot_store(store.url)
+    # Why the browse above is read-only: in write mode Kosh's close() rewrites its own
+    # store-info record (last_modified_date, feature cache). Nothing else may change:
+    # ams already wrote Kosh's users and every file record's creation_date.
     _browse(store.url, read_only=False, load=False)
     after = snapshot_store(store.url)
-    changed = {table for table in before if before[table] != after[table]}
-    assert changed <= {"Record", "StringData"}
-    for table in changed:
-        delta = Counter(before[table]) - Counter(after[table]) + (
+    for table in before:
+        delta = (Counter(before[table]) - Counter(after[table])) + (
             Counter(after[table]) - Counter(before[table]))
-        assert all("__kosh_store_info__" in row for row in delta), delta
+        assert all("__kosh_store_info__" in row for row in delta), (table, delta)
 
 
 # ------------------------------------------------------------------ 2. plain Kosh -> ams

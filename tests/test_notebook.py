@@ -28,6 +28,16 @@ def _ensure_kernel() -> None:
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user"], check=True)
 
 
+def _seconds(cell) -> float:
+    from datetime import datetime
+    timing = cell.metadata.get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    parse = lambda text: datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
 def _outputs(cell) -> str:
     return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                    for o in cell.outputs)
@@ -43,13 +53,16 @@ def test_browse_store_notebook_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch-cache"))  # torch's own
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
     started = time.monotonic()
     nbclient.NotebookClient(notebook, timeout=120, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(cwd)}}).execute()
     elapsed = time.monotonic() - started
-    print(f"notebook executed in {elapsed:.1f} s")
+    print(f"notebook executed in {elapsed:.1f} s; slowest cells (s):",
+          sorted((round(_seconds(cell), 1) for cell in notebook.cells
+                  if cell.cell_type == "code"), reverse=True)[:4])
 
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     errors = [o for cell in code for o in cell.outputs if o.output_type == "error"]

@@ -45,7 +45,7 @@ def mariadb_server():
             pass
     except sa.exc.SQLAlchemyError as exc:
         where = engine.url.render_as_string(hide_password=True)
-        reason = f"MariaDB server not reachable at {where}: {type(exc.orig or exc).__name__}"
+        reason = f"MariaDB server not reachable at {where}: {exc.orig or exc}"
         if os.environ.get("AMS_REQUIRE_MARIADB") == "1":
             pytest.fail(reason + " (AMS_REQUIRE_MARIADB=1)")
         pytest.skip(reason)
@@ -165,12 +165,11 @@ def test_plain_kosh_round_trip(backend, tmp_path):
     target, engine = backend
     create_tables(engine)
     before = snapshot(engine)
-    ddl = []
+    on_target = []  # Kosh also runs an in-memory SQLite store of its own: ignore it
 
     def watch(conn, cursor, statement, *args):
-        if conn.engine.url.database == engine.url.database and \
-                statement.lstrip().split()[0].upper() in ("CREATE", "ALTER", "DROP"):
-            ddl.append(statement)
+        if conn.engine.url.database == engine.url.database:
+            on_target.append(statement.lstrip().split()[0].upper())
 
     data_dir = tmp_path / "données"
     data_dir.mkdir(exist_ok=True)
@@ -205,7 +204,8 @@ def test_plain_kosh_round_trip(backend, tmp_path):
     assert type(attrs["i"]) is int
     assert files[str(upper)]["s"] == "été"
     assert files[str(lower)]["mime_type"] == "hdf5"
-    assert ddl == [], "kosh tried to change the schema"
+    assert "INSERT" in on_target and "SELECT" in on_target
+    assert not {"CREATE", "ALTER", "DROP"} & set(on_target), "kosh tried to change the schema"
     assert snapshot(engine) == before
 
 

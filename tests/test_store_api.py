@@ -151,7 +151,7 @@ def test_error_tree():
 
 
 # ------------------------------------------------------------------ lifecycle
-def test_lifecycle(store_url, backend, tmp_path, make_h5):
+def test_lifecycle(store_url, backend, tmp_path, make_h5, capfd):
     store = AMSDataStore("app", store_url)
     assert store.is_open() is False
     if backend == "sqlite":  # construction does no I/O
@@ -160,9 +160,13 @@ def test_lifecycle(store_url, backend, tmp_path, make_h5):
     assert store.is_open() is True
     if backend == "sqlite":  # the file and its folder are created on open
         assert (tmp_path / "store" / "ams.db").is_file()
+    assert "Record" in store.created_tables  # tables are created on first open
     assert store.open() is store  # twice is harmless
     assert store.add_data("EOS", [make_h5()]) == 1
     store.close()
+    with AMSDataStore("app", store_url) as again:
+        assert again.created_tables == []  # an existing store: nothing to create
+    assert capfd.readouterr() == ("", "")  # the library logs, it never prints
     assert store.is_open() is False
     store.close()  # twice is harmless
     raises(StoreClosedError, RuntimeError, "closed", store.get_data_versions, "EOS")
@@ -270,9 +274,15 @@ def test_password_not_logged_nor_in_errors(fresh_mariadb_database, make_h5, capl
             store.add_data("EOS", [make_h5()], metadata={"k": 1})
             store.get_data_files("EOS")
             assert password not in str(store) and password not in repr(store)
-            with pytest.raises(AMSStoreError) as info:
-                store.add_data("EOS", [make_h5(name="bad.h5").replace("bad", "missing")])
-            assert password not in str(info.value)
+        with pytest.raises(StoreClosedError) as info:  # an error message that names the store
+            store.get_data_files("EOS")
+        assert user in str(info.value) and ":***@" in str(info.value)
+        assert password not in str(info.value)
+        with AMSDataStore("app", f"mariadb://{user}:{password}@{host_url}", read_only=True) as reader:
+            with pytest.raises(ReadOnlyStoreError) as info:
+                reader.remove_data("EOS", None)
+            assert ":***@" in str(info.value) and password not in str(info.value)
+            assert password not in str(reader) and password not in repr(reader.url)
         assert caplog.records, "expected log lines"
         assert password not in caplog.text
     finally:

@@ -16,13 +16,17 @@ ENTRY_KEYS = {"id", "application_name", "domain_name", "filename", "entry_type",
 
 
 def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
-    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes."""
+    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes.
+
+    ``guard=None``: the caller checks the ``unchanged`` guard right after a group of such calls.
+    """
     assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
     with pytest.raises(error_type) as info:
         call(*args, **kwargs)
     assert isinstance(info.value, builtin)
     assert fragment in str(info.value), str(info.value)
-    guard.check()
+    if guard is not None:
+        guard.check()
     return info.value
 
 
@@ -48,7 +52,7 @@ def filled(store, make_h5, make_model):
 
 
 # ------------------------------------------------------------------ versions and files
-def test_get_versions(store, filled):
+def test_versions_and_files(store, filled):
     f = filled
     assert store.get_data_versions("EOS") == [1, 2, 5]
     assert store.get_data_versions("EOS", associate_files=True) == {
@@ -61,10 +65,8 @@ def test_get_versions(store, filled):
     assert store.get_model_versions("HYD") == [] and store.get_model_versions("HYD", True) == {}
     assert store.get_data_versions("nowhere") == [] and store.get_data_versions("nowhere", True) == {}
     assert store._get_entry_versions("EOS", "candidates") == [1]
-
-
-def test_get_files(store, filled):
-    f = filled
+    assert all(type(v) is int for v in store.get_data_versions("EOS") + list(store.get_data_versions("EOS", True)))
+    # get_files: None, "latest", an int, a list
     every = [f["d1a"], f["d1b"], f["d2"], f["d5a"], f["d5b"]]
     assert sorted(store.get_data_files("EOS")) == sorted(every)
     assert sorted(store.get_files("EOS", "data", None)) == sorted(every)
@@ -84,7 +86,8 @@ def test_get_files(store, filled):
     assert store.get_candidate_files("HYD") == []
 
 
-def test_get_rejections(store, filled, unchanged):
+def test_rejections(store, filled, unchanged):
+    """Reads cannot write, so the guard is checked after each group of rejected calls."""
     guard = unchanged()
     for versions, error, builtin, fragment in [
             ("newest", InvalidArgumentError, ValueError, "'newest'"),
@@ -94,64 +97,34 @@ def test_get_rejections(store, filled, unchanged):
             (True, InvalidArgumentTypeError, TypeError, "True"),
             ([1, "2"], InvalidArgumentTypeError, TypeError, "'2'"),
             ({"v": 1}, InvalidArgumentTypeError, TypeError, "dict")]:
-        rejected(guard, error, builtin, fragment, store.get_data_files, "EOS", versions)
-        rejected(guard, error, builtin, fragment, store.get_files, "EOS", "models", versions)
+        rejected(None, error, builtin, fragment, store.get_data_files, "EOS", versions)
+        rejected(None, error, builtin, fragment, store.get_files, "EOS", "models", versions)
+    guard.check()
     for entry in ("model", "Data", "", None, "all"):
-        rejected(guard, UnknownEntryTypeError, ValueError, repr(entry), store.get_files, "EOS", entry)
-        rejected(guard, UnknownEntryTypeError, ValueError, repr(entry), store._get_entry_versions,
+        rejected(None, UnknownEntryTypeError, ValueError, repr(entry), store.get_files, "EOS", entry)
+        rejected(None, UnknownEntryTypeError, ValueError, repr(entry), store._get_entry_versions,
                  "EOS", entry)
+    guard.check()
     for call in (store.get_data_versions, store.get_model_versions, store.get_candidate_versions,
                  store.get_data_files):
-        rejected(guard, InvalidArgumentTypeError, TypeError, "domain_name", call, None)
-        rejected(guard, InvalidArgumentTypeError, TypeError, "domain_name", call, 3)
-        rejected(guard, InvalidArgumentError, ValueError, "domain_name", call, "")
+        rejected(None, InvalidArgumentTypeError, TypeError, "domain_name", call, None)
+        rejected(None, InvalidArgumentTypeError, TypeError, "domain_name", call, 3)
+        rejected(None, InvalidArgumentError, ValueError, "domain_name", call, "")
     for flag in ("yes", 1, None):
-        rejected(guard, InvalidArgumentTypeError, TypeError, repr(flag), store.get_data_versions, "EOS", flag)
-
-
-# ------------------------------------------------------------------ find
-def test_find(store, filled, tmp_path, monkeypatch):
-    f = filled
-    everything = store.find()
-    assert len(everything) == 9
-    for entry in everything:
-        assert set(entry) == ENTRY_KEYS
-        assert isinstance(entry["id"], str) and entry["id"]
-        assert entry["application_name"] == "app"
-        assert isinstance(entry["version"], int) and isinstance(entry["metadata"], dict)
-    assert len({e["id"] for e in everything}) == 9
-    assert names(store.find(domain_name="HYD")) == [f["h1"]]
-    assert names(store.find(entry_type="candidates")) == [f["c1"]]
-    assert names(store.find(domain_name="EOS", entry_type="data", version=1)) == sorted([f["d1a"], f["d1b"]])
-    assert names(store.find(version=1)) == sorted([f["d1a"], f["d1b"], f["c1"], f["h1"], f["m1"]])
-    # "latest" is per domain and entry
-    assert names(store.find(version="latest")) == sorted([f["d5a"], f["d5b"], f["c1"], f["h1"], f["m2"]])
-    assert names(store.find("EOS", entry_type="data", version="latest")) == sorted([f["d5a"], f["d5b"]])
-    (entry,) = store.find(filename=f["d2"])
-    assert (entry["domain_name"], entry["entry_type"], entry["version"]) == ("EOS", "data", 2)
-    assert entry["metadata"]["cycle"] == 2 and entry["metadata"]["tag"] == "b"
-    monkeypatch.chdir(tmp_path / "files")  # a relative filename is resolved
-    assert names(store.find(filename="d2.h5")) == [f["d2"]]
-    assert store.find(filename=f["d2"], version=1) == []
-    assert store.find(filename=f["d2"], entry_type="candidates") == []
-    assert store.find(filename=str(tmp_path / "unknown.h5")) == []
-    assert store.find(domain_name="nowhere") == []
-    assert store.find(domain_name="eos") == []  # case-sensitive
-    assert store.find(version=42) == []
-
-
-def test_find_and_search_rejections(store, filled, unchanged):
-    guard = unchanged()
-    rejected(guard, UnknownEntryTypeError, ValueError, "'model'", store.find, "EOS", entry_type="model")
-    rejected(guard, UnknownEntryTypeError, ValueError, "'model'", store.search, "EOS", entry="model")
+        rejected(None, InvalidArgumentTypeError, TypeError, repr(flag), store.get_data_versions, "EOS", flag)
+    guard.check()
+    # find and search
+    rejected(None, UnknownEntryTypeError, ValueError, "'model'", store.find, "EOS", entry_type="model")
+    rejected(None, UnknownEntryTypeError, ValueError, "'model'", store.search, "EOS", entry="model")
     for call in (store.find, store.search):
-        rejected(guard, InvalidArgumentTypeError, TypeError, "domain_name", call, 5)
-        rejected(guard, InvalidArgumentError, ValueError, "domain_name", call, "")
-        rejected(guard, InvalidArgumentTypeError, TypeError, "'newest'", call, version="newest")
-        rejected(guard, InvalidArgumentError, ValueError, "-2", call, version=-2)
-        rejected(guard, InvalidArgumentTypeError, TypeError, "True", call, version=True)
-    rejected(guard, InvalidArgumentTypeError, TypeError, "filename", store.find, filename=3)
-    rejected(guard, InvalidArgumentError, ValueError, "filename", store.find, filename="")
+        rejected(None, InvalidArgumentTypeError, TypeError, "domain_name", call, 5)
+        rejected(None, InvalidArgumentError, ValueError, "domain_name", call, "")
+        rejected(None, InvalidArgumentTypeError, TypeError, "'newest'", call, version="newest")
+        rejected(None, InvalidArgumentError, ValueError, "-2", call, version=-2)
+        rejected(None, InvalidArgumentTypeError, TypeError, "True", call, version=True)
+    rejected(None, InvalidArgumentTypeError, TypeError, "filename", store.find, filename=3)
+    rejected(None, InvalidArgumentError, ValueError, "filename", store.find, filename="")
+    guard.check()
     bad_filters = [
         ({"val_error": {"~": 1}}, "'~'"),
         ({"val_error": {}}, "no operator"),
@@ -168,11 +141,46 @@ def test_find_and_search_rejections(store, filled, unchanged):
         ("cycle=1", "str"),
     ]
     for conditions, fragment in bad_filters:
-        rejected(guard, InvalidMetadataError, ValueError, fragment, store.search, metadata=conditions)
+        rejected(None, InvalidMetadataError, ValueError, fragment, store.search, metadata=conditions)
+    guard.check()
+
+
+# ------------------------------------------------------------------ find
+def test_find(store, filled, tmp_path, monkeypatch):
+    f = filled
+    everything = store.find()
+    assert len(everything) == 9
+    for entry in everything:
+        assert set(entry) == ENTRY_KEYS
+        assert isinstance(entry["id"], str) and entry["id"]
+        assert entry["application_name"] == "app"
+        assert isinstance(entry["version"], int) and isinstance(entry["metadata"], dict)
+    assert len({e["id"] for e in everything}) == 9
+    assert sorted(e["id"] for e in store.search()) == sorted(e["id"] for e in everything)  # stable ids
+    assert names(store.find(domain_name="HYD")) == [f["h1"]]
+    assert names(store.find(entry_type="candidates")) == [f["c1"]]
+    assert names(store.find(domain_name="EOS", entry_type="data", version=1)) == sorted([f["d1a"], f["d1b"]])
+    assert names(store.find(version=1)) == sorted([f["d1a"], f["d1b"], f["c1"], f["h1"], f["m1"]])
+    # "latest" is per domain and entry
+    assert names(store.find(version="latest")) == sorted([f["d5a"], f["d5b"], f["c1"], f["h1"], f["m2"]])
+    assert names(store.find("EOS", entry_type="data", version="latest")) == sorted([f["d5a"], f["d5b"]])
+    (entry,) = store.find(filename=f["d2"])
+    assert (entry["domain_name"], entry["entry_type"], entry["version"]) == ("EOS", "data", 2)
+    assert entry["metadata"]["cycle"] == 2 and entry["metadata"]["tag"] == "b"
+    monkeypatch.chdir(tmp_path / "files")  # a relative filename is resolved
+    assert names(store.find(filename="d2.h5")) == [f["d2"]]
+    (tmp_path / "link.h5").symlink_to(f["d2"])
+    assert names(store.find(filename=tmp_path / "link.h5")) == [f["d2"]]  # symlinks resolved
+    assert store.find(filename=f["d2"], version=1) == []
+    assert store.find(filename=f["d2"], entry_type="candidates") == []
+    assert store.find(filename=str(tmp_path / "unknown.h5")) == []
+    assert store.find(domain_name="nowhere") == []
+    assert store.find(domain_name="eos") == []  # case-sensitive
+    assert store.find(version=42) == []
 
 
 # ------------------------------------------------------------------ search
-def test_search_equality(store, filled):
+def test_search(store, filled, make_h5):
     f = filled
     assert names(store.search()) == names(store.find())
     assert names(store.search(metadata={})) == names(store.find())
@@ -187,6 +195,21 @@ def test_search_equality(store, filled):
     assert names(store.search(metadata={"cycle": 2.0})) == [f["d2"]]  # 2 == 2.0
     assert names(store.search(entry="models", metadata={"uq_type": "DeltaUQ"})) == [f["m2"]]
     assert names(store.search(entry="models", metadata={"threshold": 0.5})) == [f["m1"], f["m2"]]
+    assert names(store.search(metadata={"date": {">=": "2000-01-01"}})) == names(store.find())  # dates sort
+    # "latest" applies after the metadata filter, per domain and entry
+    # highest version overall is 5, but among tag == "b" the matches are v2 and v5
+    assert names(store.search("EOS", "data", "latest", {"tag": "b"})) == [f["d5b"]]
+    assert names(store.search("EOS", "data", "latest", {"cycle": {"<": 5}})) == [f["d2"]]
+    assert names(store.search("EOS", "data", "latest", {"cycle": 1})) == sorted([f["d1a"], f["d1b"]])
+    assert names(store.search("EOS", "data", "latest", {"tag": "a"})) == [f["d5a"]]
+    assert names(store.search(version="latest", metadata={"tag": "a"})) == sorted([f["d5a"], f["c1"], f["h1"]])
+    assert names(store.search("EOS", version="latest", metadata={"tag": "a"})) == sorted([f["d5a"], f["c1"]])
+    assert names(store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}})) == [f["m2"]]
+    assert names(store.search("EOS", "models", "latest", {"val_error": {">": 0.1}})) == [f["m1"]]
+    assert store.search("EOS", "models", "latest", {"val_error": {">": 1}}) == []
+    assert names(store.search(version="latest")) == names(store.find(version="latest"))
+    store.add_candidates("EOS", [make_h5("c2.h5")], version=4, metadata={"tag": "b"})
+    assert names(store.search("EOS", "candidates", "latest", {"tag": "a"})) == [f["c1"]]
 
 
 def test_search_operators(store, make_h5):
@@ -223,24 +246,6 @@ def test_search_operators(store, make_h5):
     assert hits({"list": {"in": [[3], ["x"]]}}) == ["b", "c"]
     assert hits({"list": {">": 0}}) == []
     assert hits({"other": {"in": ["no err"]}}) == ["d"]
-
-
-def test_search_latest_after_metadata(store, filled, make_h5):
-    f = filled
-    # highest version overall is 5, but among tag == "b" the matches are v2 and v5
-    assert names(store.search("EOS", "data", "latest", {"tag": "b"})) == [f["d5b"]]
-    assert names(store.search("EOS", "data", "latest", {"cycle": {"<": 5}})) == [f["d2"]]
-    assert names(store.search("EOS", "data", "latest", {"cycle": 1})) == sorted([f["d1a"], f["d1b"]])
-    assert names(store.search("EOS", "data", "latest", {"tag": "a"})) == [f["d5a"]]
-    # per domain and per entry: each keeps its own latest
-    assert names(store.search(version="latest", metadata={"tag": "a"})) == sorted([f["d5a"], f["c1"], f["h1"]])
-    assert names(store.search("EOS", version="latest", metadata={"tag": "a"})) == sorted([f["d5a"], f["c1"]])
-    assert names(store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}})) == [f["m2"]]
-    assert names(store.search("EOS", "models", "latest", {"val_error": {">": 0.1}})) == [f["m1"]]
-    assert store.search("EOS", "models", "latest", {"val_error": {">": 1}}) == []
-    assert names(store.search(version="latest")) == names(store.find(version="latest"))
-    store.add_candidates("EOS", [make_h5("c2.h5")], version=4, metadata={"tag": "b"})
-    assert names(store.search("EOS", "candidates", "latest", {"tag": "a"})) == [f["c1"]]
 
 
 # ------------------------------------------------------------------ applications

@@ -75,6 +75,20 @@ def test_remove_by_files(store, make_h5, make_model, caplog):
     report = store.remove_models("EOS", [m])
     assert report.removed == [m] and report.purged == [m] and not os.path.exists(m)
     assert store.get_model_versions("EOS") == []
+    # a dataset left empty is removed (its ensemble may stay)
+    a, b, c, d = (make_h5() for _ in range(4))
+    datasets, files = count_records(store, "dataset"), count_records(store, "file")
+    store.add_data("EMPTY", [a, b])
+    store.add_data("EMPTY", [c])
+    store.add_candidates("EMPTY", [d])
+    assert count_records(store, "dataset") == datasets + 3
+    store.remove_data("EMPTY", [a])
+    assert count_records(store, "dataset") == datasets + 3  # v1 still holds b
+    store.remove_data("EMPTY", [b, c])
+    assert count_records(store, "dataset") == datasets + 1  # both data versions are gone
+    assert count_records(store, "file") == files + 1
+    assert store.get_data_versions("EMPTY") == [] and store.get_candidate_versions("EMPTY") == [1]
+    assert store.add_data("EMPTY", [make_h5()]) == 1  # versions restart after the max that exists
 
 
 def test_remove_filters(store, make_h5):
@@ -96,6 +110,9 @@ def test_remove_filters(store, make_h5):
     report = store.remove_data("EOS", None, metadata={"kind": "a", "n": {">=": 3}}, purge=False)
     assert report.removed == [f["a3"]] and report.not_found == []
     assert store.get_data_versions("EOS") == [1, 2]
+    report = store.remove_data("EOS", None, version="latest", metadata={"kind": "a"}, purge=False)
+    assert report.removed == [f["a1"]]  # the highest version among the matches (v2 has no 'a' left)
+    store.add_data("EOS", [f["a1"]], version=1, metadata={"kind": "a", "n": 1})
     report = store.remove_data("EOS", None, version="latest", purge=False)
     assert report.removed == [f["b2"]]
     assert store.get_data_versions("EOS", True) == {1: [f["a1"]]}
@@ -109,22 +126,8 @@ def test_remove_filters(store, make_h5):
     assert store.remove_data("EOS", None).removed == []
 
 
-def test_empty_dataset_removed(store, make_h5):
-    a, b, c, d = (make_h5() for _ in range(4))
-    store.add_data("EOS", [a, b])
-    store.add_data("EOS", [c])
-    store.add_candidates("EOS", [d])
-    assert count_records(store, "dataset") == 3
-    store.remove_data("EOS", [a])
-    assert count_records(store, "dataset") == 3  # v1 still holds b
-    store.remove_data("EOS", [b, c])
-    assert count_records(store, "dataset") == 1  # both data versions are gone
-    assert count_records(store, "file") == 1
-    assert store.get_data_versions("EOS") == [] and store.get_candidate_versions("EOS") == [1]
-    assert store.add_data("EOS", [make_h5()]) == 1  # versions restart after the max that exists
-
-
-def test_purge_only_after_commit(store, store_url, make_h5, monkeypatch):
+def test_purge(store, store_url, make_h5, monkeypatch, caplog):
+    # files are deleted only after the removal is committed
     files = [make_h5() for _ in range(3)]
     store.add_data("EOS", files)
     seen_at_delete = {}
@@ -141,6 +144,28 @@ def test_purge_only_after_commit(store, store_url, make_h5, monkeypatch):
     assert sorted(report.purged) == sorted(files)
     assert seen_at_delete == {path: [] for path in files}  # deleted after the record was committed
     assert not any(os.path.exists(p) for p in files)
+    # a purge failure on one file is reported and does not stop the others
+    a, b, c = make_h5("a.h5"), make_h5("b.h5"), make_h5("c.h5")
+    store.add_data("FAIL", [a, b, c])
+    os.remove(b)
+    os.mkdir(b)  # now b cannot be deleted with os.remove
+    with open(os.path.join(b, "keep"), "w"):
+        pass
+    report = store.remove_data("FAIL", [a, b, c])
+    assert report.removed == [a, b, c]
+    assert sorted(report.purged) == [a, c]
+    assert list(report.purge_errors) == [b] and report.purge_errors[b]
+    assert not os.path.exists(a) and not os.path.exists(c) and os.path.isdir(b)
+    assert b in caplog.text
+    assert store.get_data_files("FAIL") == []
+    # a file already deleted from disk can still be removed
+    gone, kept = make_h5(), make_h5()
+    store.add_data("GONE", [gone, kept])
+    os.remove(gone)
+    report = store.remove_data("GONE", [gone, kept])
+    assert report.removed == sorted([gone, kept]) and report.not_found == []
+    assert report.purged == [kept] and report.purge_errors == {}
+    assert store.get_data_files("GONE") == []
 
 
 def test_purge_never_deletes_a_file_still_referenced(store, store_url, backend, make_h5):
@@ -164,32 +189,6 @@ def test_purge_never_deletes_a_file_still_referenced(store, store_url, backend, 
     assert store.get_data_files("EOS") == [shared]
     report = store.remove_data("EOS", [shared])  # the last reference: now it goes
     assert report.purged == [shared] and not os.path.exists(shared)
-
-
-def test_purge_failure_does_not_stop_the_others(store, make_h5, caplog):
-    a, b, c = make_h5("a.h5"), make_h5("b.h5"), make_h5("c.h5")
-    store.add_data("EOS", [a, b, c])
-    os.remove(b)
-    os.mkdir(b)  # now b cannot be deleted with os.remove
-    with open(os.path.join(b, "keep"), "w"):
-        pass
-    report = store.remove_data("EOS", [a, b, c])
-    assert report.removed == [a, b, c]
-    assert sorted(report.purged) == [a, c]
-    assert list(report.purge_errors) == [b] and report.purge_errors[b]
-    assert not os.path.exists(a) and not os.path.exists(c) and os.path.isdir(b)
-    assert b in caplog.text
-    assert store.get_data_files("EOS") == []
-
-
-def test_remove_a_file_already_deleted_from_disk(store, make_h5):
-    a, b = make_h5(), make_h5()
-    store.add_data("EOS", [a, b])
-    os.remove(a)
-    report = store.remove_data("EOS", [a, b])
-    assert report.removed == sorted([a, b]) and report.not_found == []
-    assert report.purged == [b] and report.purge_errors == {}
-    assert store.get_data_files("EOS") == []
 
 
 def test_remove_rejections(store, make_h5, unchanged):
@@ -224,7 +223,7 @@ def promoted(store, make_h5, tmp_path):
     return c1, c2
 
 
-def test_move_candidates_to_data(store, promoted, tmp_path):
+def test_move(store, promoted, make_h5, tmp_path):
     c1, c2 = promoted
     digests = {os.path.basename(p): sha(p) for p in promoted}
     before = {e["filename"]: e["metadata"] for e in store.find(entry_type="candidates")}
@@ -243,30 +242,29 @@ def test_move_candidates_to_data(store, promoted, tmp_path):
         metadata = dict(entry["metadata"])
         assert DATE.match(metadata.pop("date"))  # the date is the promotion's
         old = {key: value for key, value in before[source].items() if key != "date"}
-        assert metadata == old  # metadata carried over
+        assert metadata == old  # metadata carried over, each file its own
         assert {k: type(v) for k, v in metadata.items()} == {k: type(v) for k, v in old.items()}
     assert store.search("EOS", "data", metadata={"tags": ["x", "y"], "ok": True})[0]["filename"] == targets[0]
-
-
-def test_move_with_explicit_version_and_back(store, promoted, tmp_path):
-    c1, c2 = promoted
+    # an explicit version; the candidates not moved stay
+    c3, c4 = make_h5("c3.h5"), make_h5("c4.h5")
+    store.add_candidates("EOS", [c3, c4], metadata={"cycle": 9})
     out = tmp_path / "out"
     out.mkdir()
-    (target,) = store.move("EOS", out, "candidates", "data", [c1], version=3)
-    assert target in store.get_data_files("EOS", 3) and len(store.get_data_files("EOS", 3)) == 2
-    assert store.get_candidate_files("EOS") == [c2]  # the other candidate stays
-    back = tmp_path / "back"
-    (again,) = store.move("EOS", back, "data", "candidates", [target])
-    assert store.get_candidate_versions("EOS", True) == {1: [c2], 2: [again]}
-    assert store.find(filename=again)[0]["metadata"]["cycle"] == 7
-    assert not os.path.exists(target)
+    (target,) = store.move("EOS", out, "candidates", "data", [c3], version=3)
+    assert target == str(out / "c3.h5") and target in store.get_data_files("EOS", 3)
+    assert len(store.get_data_files("EOS", 3)) == 2
+    assert store.get_candidate_files("EOS") == [c4]
+    # and back: data -> candidates, a new candidates version
+    (again,) = store.move("EOS", tmp_path / "back", "data", "candidates", [target])
+    assert store.get_candidate_versions("EOS", True) == {1: [c4], 2: [again]}
+    assert store.find(filename=again)[0]["metadata"]["cycle"] == 9
+    assert not os.path.exists(target) and store.find(filename=target) == []
 
 
-def test_move_rejections_change_nothing(store, promoted, make_h5, make_model, tmp_path, unchanged):
+def test_move_rejections_change_nothing(store, store_url, promoted, make_h5, tmp_path, unchanged):
     c1, c2 = promoted
     dest = tmp_path / "dest"
-    other_dir = tmp_path / "other"
-    twin = make_h5("c1.h5", directory=other_dir)
+    twin = make_h5("c1.h5", directory=tmp_path / "other")
     store.add_candidates("EOS", [twin])
     unregistered = make_h5("stray.h5")
     data_file = store.get_data_files("EOS", 1)[0]
@@ -279,8 +277,11 @@ def test_move_rejections_change_nothing(store, promoted, make_h5, make_model, tm
 
     rejected(guard, NotFoundError, LookupError, unregistered, move, dest, "candidates", "data", [c1, unregistered])
     rejected(guard, NotFoundError, LookupError, data_file, move, dest, "candidates", "data", [data_file])
+    rejected(guard, NotFoundError, LookupError, c1, store.move, "HYD", dest, "candidates", "data", [c1])
+    with AMSDataStore("other", store_url) as other:  # another application's candidates
+        rejected(guard, NotFoundError, LookupError, c1, other.move, "EOS", dest, "candidates", "data", [c1])
     rejected(guard, InvalidArgumentError, ValueError, "more than once", move, dest, "candidates", "data",
-             [c1, twin])
+             [c1, twin])  # two sources, one destination name
     rejected(guard, InvalidArgumentError, ValueError, "more than once", move, dest, "candidates", "data",
              [c1, c1])
     rejected(guard, InvalidArgumentError, ValueError, "'candidates'", move, dest, "candidates", "candidates", [c1])
@@ -297,17 +298,19 @@ def test_move_rejections_change_nothing(store, promoted, make_h5, make_model, tm
     rejected(guard, InvalidArgumentError, ValueError, str(regular), move, regular / "sub", "candidates",
              "data", [c1])
     assert not dest.exists()
-
-
-def test_move_existing_destination_rejected_before_any_change(store, promoted, tmp_path, unchanged):
-    c1, c2 = promoted
-    dest = tmp_path / "dest"
+    # a destination name that exists is refused before anything is copied
     dest.mkdir()
     (dest / "c2.h5").write_bytes(b"someone else's file")
     guard = unchanged()
-    rejected(guard, InvalidArgumentError, ValueError, str(dest / "c2.h5"), store.move, "EOS", dest,
-             "candidates", "data", [c1, c2])
+    rejected(guard, InvalidArgumentError, ValueError, str(dest / "c2.h5"), move, dest, "candidates", "data",
+             [c1, c2])
     assert sorted(os.listdir(dest)) == ["c2.h5"]  # no copy of c1 either
+    # a registered source that is gone from disk
+    os.remove(c2)
+    guard = unchanged()
+    rejected(guard, MissingFileError, FileNotFoundError, c2, move, tmp_path / "dest2", "candidates", "data",
+             [c1, c2])
+    assert not (tmp_path / "dest2").exists()
 
 
 def test_move_failing_in_the_database_leaves_no_trace(store, promoted, make_h5, tmp_path, unchanged):
@@ -325,23 +328,6 @@ def test_move_failing_in_the_database_leaves_no_trace(store, promoted, make_h5, 
     assert not dest.exists()  # no stray copies, no stray folder
     assert os.path.exists(c1) and os.path.exists(c2)
     assert sorted(store.get_candidate_files("EOS")) == sorted([c1, c2])
-
-
-def test_move_source_missing_on_disk(store, promoted, tmp_path, unchanged):
-    c1, c2 = promoted
-    os.remove(c2)
-    guard = unchanged()
-    rejected(guard, MissingFileError, FileNotFoundError, c2, store.move, "EOS", tmp_path / "dest",
-             "candidates", "data", [c1, c2])
-    assert not (tmp_path / "dest").exists()
-
-
-def test_move_on_other_application_not_found(store, store_url, promoted, tmp_path, unchanged):
-    c1, _ = promoted
-    guard = unchanged()
-    with AMSDataStore("other", store_url) as other:
-        rejected(guard, NotFoundError, LookupError, c1, other.move, "EOS", tmp_path / "dest",
-                 "candidates", "data", [c1])
 
 
 # ------------------------------------------------------------------ names

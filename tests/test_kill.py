@@ -1,0 +1,177 @@
+"""Writers killed with SIGKILL: all or nothing recorded, the store opens and takes writes.
+
+SPEC/issue "Atomicity": a process killed in the middle of a 3000-file add leaves
+all or none of that call's files recorded; ``move`` killed at any point leaves
+no file both unrecorded and deleted. The child is killed while it is really
+inside the write transaction, observed from outside without hooks in the
+library: on SQLite the rollback journal (``<db>-journal``) exists from the
+transaction's first write until its commit; on MariaDB InnoDB lists the
+child's open transaction with modified rows (``information_schema.INNODB_TRX``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+from ams import AMSDataStore
+from conftest import mariadb_admin, snapshot_store
+
+ADD_FILES = 3000
+MOVE_FILES = 600
+DEADLINE = 180  # seconds to reach the observed state before the test gives up
+
+
+# ------------------------------------------------------------------ helpers
+def copies(template: str, folder: Path, count: int, prefix: str) -> List[str]:
+    """``count`` real HDF5 files (byte copies of one tiny file), fast."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"{prefix}_{index:04d}.h5"
+        shutil.copyfile(template, path)
+        paths.append(str(path))
+    return paths
+
+
+def context():
+    """Children fork from a server that imported ams once (fast to start, killable alone)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ams", "h5py", __name__])
+    return ctx
+
+
+def _add(url: str, paths: List[str]) -> None:
+    with AMSDataStore("app", url) as store:
+        store.add_data("EOS", paths)
+
+
+def _move(url: str, paths: List[str], dest: str) -> None:
+    with AMSDataStore("app", url) as store:
+        store.move("EOS", dest, "candidates", "data", paths)
+
+
+def in_transaction(store: AMSDataStore) -> Callable[[], bool]:
+    """True while some connection holds an open write transaction with changes on the store."""
+    url = store.url
+    if url.backend == "sqlite":
+        journal = url.path + "-journal"
+        return lambda: os.path.exists(journal)
+    monitor = mariadb_admin()
+    monitor.autocommit = True
+
+    def writing() -> bool:
+        cursor = monitor.cursor()
+        cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN "
+            "information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+            "WHERE p.DB = %s AND t.trx_rows_modified > 0", (url.database,))
+        (count,) = cursor.fetchone()
+        cursor.close()
+        return count > 0
+    writing.close = monitor.close  # type: ignore[attr-defined]
+    return writing
+
+
+def kill_when(child, condition: Callable[[], bool], what: str) -> float:
+    """SIGKILL ``child`` as soon as ``condition()`` holds; return seconds waited."""
+    started = time.monotonic()
+    while not condition():
+        assert child.is_alive(), f"the child ended (exit code {child.exitcode}) before {what}"
+        assert time.monotonic() - started < DEADLINE, f"no {what} after {DEADLINE} s"
+        time.sleep(0.0005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    return time.monotonic() - started
+
+
+def recorded(store: AMSDataStore, entry_type: str) -> List[str]:
+    return store.get_files("EOS", entry_type)
+
+
+# ------------------------------------------------------------------ add
+def test_add_killed_inside_its_transaction(store, store_url, tmp_path, make_h5):
+    """A 3000-file add killed mid-transaction: none recorded (all would also pass), no trace."""
+    first = make_h5()
+    store.add_data("EOS", [first])
+    paths = copies(make_h5(), tmp_path / "many", ADD_FILES, "f")
+    before = snapshot_store(store.url)
+    child = context().Process(target=_add, args=(store_url, paths))
+    child.start()
+    writing = in_transaction(store)
+    try:
+        kill_when(child, writing, "the add's write transaction")
+        if store.url.backend == "sqlite":  # the killed transaction left its hot journal
+            assert os.path.exists(store.url.path + "-journal")
+    finally:
+        getattr(writing, "close", lambda: None)()
+    got = recorded(store, "data")  # reading rolls a hot journal back / sees no uncommitted row
+    assert len(set(got) & set(paths)) in (0, ADD_FILES), len(got)
+    if len(got) == 1:  # none: not one row of the call is left anywhere
+        assert snapshot_store(store.url) == before
+    with AMSDataStore("app", store_url) as again:  # the store opens and takes writes
+        new = make_h5()
+        version = again.add_data("EOS", [new])
+        assert version == (2 if len(got) == 1 else 3)
+        assert again.get_data_files("EOS", "latest") == [new]
+    if store.url.backend == "sqlite":
+        assert not os.path.exists(store.url.path + "-journal")
+    assert all(os.path.isfile(path) for path in paths)  # an add never touches its files
+
+
+# ------------------------------------------------------------------ move
+def _dest_has_a_copy(dest: Path) -> Callable[[], bool]:
+    return lambda: dest.is_dir() and any(dest.iterdir())
+
+
+def _source_purged(source: str) -> Callable[[], bool]:
+    return lambda: not os.path.exists(source)
+
+
+@pytest.mark.parametrize("phase", ["copying", "transaction", "purging"])
+def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
+    """No file both unrecorded and deleted; the call is all or nothing in the store."""
+    sources = copies(make_h5(), tmp_path / "cand", MOVE_FILES, "c")
+    store.add_candidates("EOS", sources)
+    dest = tmp_path / "promoted"
+    targets = [str(dest / os.path.basename(src)) for src in sources]
+    before = snapshot_store(store.url)
+    child = context().Process(target=_move, args=(store_url, sources, str(dest)))
+    child.start()
+    condition = {"copying": _dest_has_a_copy(dest),
+                 "transaction": in_transaction(store),
+                 "purging": _source_purged(sorted(sources)[0])}[phase]
+    try:
+        kill_when(child, condition, f"the move's {phase}")
+    finally:
+        getattr(condition, "close", lambda: None)()
+    candidates, data = recorded(store, "candidates"), recorded(store, "data")
+    # All or nothing: every source still a candidate, or every copy in data.
+    assert (candidates, data) in ((sorted(sources), []), ([], sorted(targets))), (
+        len(candidates), len(data))
+    if candidates:
+        assert snapshot_store(store.url) == before
+    # Nothing recorded is missing on disk; no source is both unrecorded and deleted.
+    assert all(os.path.isfile(path) for path in candidates + data)
+    for src, target in zip(sources, targets):
+        assert os.path.isfile(src) or target in data, src
+    if phase != "purging":
+        assert candidates and all(os.path.isfile(src) for src in sources)
+    else:
+        assert data and not os.path.exists(sorted(sources)[0])
+    # The store takes the next move (the stray copies of a killed copy phase aside).
+    with AMSDataStore("app", store_url) as again:
+        if candidates:
+            shutil.rmtree(dest)
+            moved = again.move("EOS", dest, "candidates", "data", sources[:2])
+            assert again.get_data_files("EOS") == moved
+        else:
+            assert again.add_data("EOS", [make_h5()]) == 2
