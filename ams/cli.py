@@ -12,14 +12,15 @@ Every command is one entry of the :data:`COMMANDS` registry, made by the
 which calls one store method and :func:`emit` s the result) and one parser
 block (``arguments(parser)``, which adds the command's options). For example::
 
-    def _lineage_arguments(parser):
-        parser.add_argument("--domain", required=True, help="domain name")
+    def _files_arguments(parser):
+        _add_domain(parser)
+        _add_entry(parser)
 
-    @command("lineage", "Show which data a model was trained on.",
-             example="ams-store lineage --domain EOS",
-             arguments=_lineage_arguments, read_only=True)
-    def lineage(store, args):
-        emit(store.lineage(args.domain))
+    @command("files", "List the files of an entry, one JSON list.",
+             example="ams-store files --domain EOS --entry data",
+             arguments=_files_arguments, read_only=True)
+    def files(store, args):
+        emit(store.get_files(args.domain_name, args.entry_type))
         return 0
 
 The framework supplies the rest: the global options (``--url`` /

@@ -11,6 +11,7 @@ child's open transaction with modified rows (``information_schema.INNODB_TRX``).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -27,6 +28,7 @@ from conftest import mariadb_admin, snapshot_store
 ADD_FILES = 3000
 MOVE_FILES = 600
 DEADLINE = 180  # seconds to reach the observed state before the test gives up
+LOGGER = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ helpers
@@ -59,7 +61,7 @@ def _move(url: str, paths: List[str], dest: str) -> None:
 
 
 def in_transaction(store: AMSDataStore) -> Callable[[], bool]:
-    """True while some connection holds an open write transaction with changes on the store."""
+    """True while some connection is writing inside a transaction on the store."""
     url = store.url
     if url.backend == "sqlite":
         journal = url.path + "-journal"
@@ -69,10 +71,14 @@ def in_transaction(store: AMSDataStore) -> Callable[[], bool]:
 
     def writing() -> bool:
         cursor = monitor.cursor()
+        # A connection on the store's database running a write statement: the adapter
+        # writes only inside its explicit transactions (autocommit is off), so this is
+        # the middle of one. (INNODB_TRX would say so too, but its cache is refreshed
+        # only after 0.1 s without readers, so a fast poll never sees it change.)
         cursor.execute(
-            "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN "
-            "information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-            "WHERE p.DB = %s AND t.trx_rows_modified > 0", (url.database,))
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s AND "
+            "(INFO LIKE 'INSERT%%' OR INFO LIKE 'UPDATE%%' OR INFO LIKE 'DELETE%%')",
+            (url.database,))
         (count,) = cursor.fetchone()
         cursor.close()
         return count > 0
@@ -108,13 +114,15 @@ def test_add_killed_inside_its_transaction(store, store_url, tmp_path, make_h5):
     child.start()
     writing = in_transaction(store)
     try:
-        kill_when(child, writing, "the add's write transaction")
+        waited = kill_when(child, writing, "the add's write transaction")
         if store.url.backend == "sqlite":  # the killed transaction left its hot journal
             assert os.path.exists(store.url.path + "-journal")
     finally:
         getattr(writing, "close", lambda: None)()
     got = recorded(store, "data")  # reading rolls a hot journal back / sees no uncommitted row
     assert len(set(got) & set(paths)) in (0, ADD_FILES), len(got)
+    LOGGER.info("add of %d files killed after %.1f s: %d recorded", ADD_FILES, waited,
+                len(set(got) & set(paths)))
     if len(got) == 1:  # none: not one row of the call is left anywhere
         assert snapshot_store(store.url) == before
     with AMSDataStore("app", store_url) as again:  # the store opens and takes writes
@@ -150,10 +158,14 @@ def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
                  "transaction": in_transaction(store),
                  "purging": _source_purged(sorted(sources)[0])}[phase]
     try:
-        kill_when(child, condition, f"the move's {phase}")
+        waited = kill_when(child, condition, f"the move's {phase}")
     finally:
         getattr(condition, "close", lambda: None)()
     candidates, data = recorded(store, "candidates"), recorded(store, "data")
+    LOGGER.info("move of %d files killed in its %s after %.1f s: %d candidates, %d data "
+                "recorded; %d sources and %d copies on disk", MOVE_FILES, phase, waited,
+                len(candidates), len(data), sum(map(os.path.isfile, sources)),
+                sum(map(os.path.isfile, targets)))
     # All or nothing: every source still a candidate, or every copy in data.
     assert (candidates, data) in ((sorted(sources), []), ([], sorted(targets))), (
         len(candidates), len(data))

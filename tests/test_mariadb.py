@@ -189,6 +189,9 @@ def test_connection_killed_during_a_call(account, caplog, make_h5):
             monitor.cursor().execute(f"KILL {waiting[0][0]}")
             worker.join(30)
             assert not worker.is_alive()
+            # The error surfaced without reconnecting first: a reconnect that failed
+            # (server down or slow) would have replaced it with a misleading one.
+            assert _store_connections(account, monitor) == []
         finally:
             holder.rollback()
             holder.close()
