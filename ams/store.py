@@ -71,6 +71,17 @@ class AMSDataStore:
     reads it too.
 
     Construction does no I/O; call :meth:`open` or use ``with``.
+
+    Concurrency: any number of processes (each with its own store object) and
+    threads may read and write one store at once. Every add, remove, move or
+    repair is one transaction under a store-wide write lock (SQLite ``BEGIN
+    IMMEDIATE``, MariaDB ``SELECT ... FOR UPDATE`` on Kosh's store-info row),
+    so auto versions are allocated inside it and never repeat; lock waits and
+    deadlocks are retried with backoff and surface only as
+    :class:`~ams.errors.ConcurrencyError` after 8 attempts. Each read call sees
+    one committed state. One open store object may be shared by threads: each
+    call takes its own connection from a thread-safe pool. Only :meth:`open`
+    and :meth:`close` must not race with calls in other threads.
     """
 
     entry_suffix = {"data": "h5", "models": "pt", "candidates": "h5"}
