@@ -19,8 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import _kosh, _match, _validate, importer, notebook
 from .errors import (InvalidArgumentError, InvalidArgumentTypeError, LineageError,
-                     MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError,
-                     AMSStoreError)
+                     MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError)
 from .importer import ImportReport
 from .store_types import AMSModelDescr, Entry, VerifyReport
 from .url import StoreURL, parse_store_url

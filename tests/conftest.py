@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -209,3 +208,33 @@ def unchanged(store, tmp_path):
             assert snapshot_files(tmp_path) == self.files, "files changed"
 
     return Guard()
+
+
+# ------------------------------------------------------------------ assertions
+def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
+    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes.
+
+    ``guard`` is the ``unchanged`` fixture after its snapshot (``guard = unchanged()``);
+    None when the caller checks it right after a group of calls that each must fail.
+    """
+    from ams.errors import AMSStoreError
+    assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
+    with pytest.raises(error_type) as info:
+        call(*args, **kwargs)
+    assert isinstance(info.value, builtin)
+    assert fragment in str(info.value), str(info.value)
+    if guard is not None:
+        guard.check()
+    return info.value
+
+
+def count_records(store, record_type: str) -> int:
+    """How many Sina records of ``record_type`` the store's database holds."""
+    import sqlalchemy as sa
+    engine = sa.create_engine(store.url.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT COUNT(*) FROM Record WHERE type = :t"),
+                                {"t": record_type}).scalar()
+    finally:
+        engine.dispose()

@@ -350,7 +350,7 @@ def test_every_command_has_help_and_an_example(run_cli):
     assert set(subparsers) == set(COMMANDS) >= {"create", "add", "remove", "query", "versions",
                                                 "move", "verify"}
     for name, spec in COMMANDS.items():
-        assert spec.help.strip() and spec.example.startswith(f"ams-store "), name
+        assert spec.help.strip() and spec.example.startswith("ams-store "), name
         sub = subparsers[name]
         undocumented = [a.dest for a in sub._actions if not (a.help and a.help.strip())]
         assert not undocumented, f"{name}: options without help: {undocumented}"

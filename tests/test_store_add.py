@@ -16,40 +16,15 @@ import re
 import zipfile
 
 import pytest
-import sqlalchemy as sa
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
 from ams.errors import (AMSStoreError, DuplicateEntryError, InvalidArgumentError,
                         InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
                         UnknownEntryTypeError, WrongFileFormatError)
 
+from conftest import rejected, count_records
+
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
-
-
-def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
-    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes.
-
-    ``guard`` is the ``unchanged`` fixture after its snapshot (``guard = unchanged()``);
-    None when the caller checks it right after a group of calls that each must fail.
-    """
-    assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
-    with pytest.raises(error_type) as info:
-        call(*args, **kwargs)
-    assert isinstance(info.value, builtin)
-    assert fragment in str(info.value), str(info.value)
-    if guard is not None:
-        guard.check()
-    return info.value
-
-
-def count_records(store, record_type: str) -> int:
-    engine = sa.create_engine(store.url.sqlalchemy_url(), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT COUNT(*) FROM Record WHERE type = :t"),
-                                {"t": record_type}).scalar()
-    finally:
-        engine.dispose()
 
 
 # ------------------------------------------------------------------ versions

@@ -9,25 +9,12 @@ from __future__ import annotations
 import pytest
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
-from ams.errors import (AMSStoreError, InvalidArgumentError, InvalidArgumentTypeError,
+from ams.errors import (InvalidArgumentError, InvalidArgumentTypeError,
                         InvalidMetadataError, UnknownEntryTypeError)
 
+from conftest import rejected
+
 ENTRY_KEYS = {"id", "application_name", "domain_name", "filename", "entry_type", "version", "metadata"}
-
-
-def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
-    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes.
-
-    ``guard=None``: the caller checks the ``unchanged`` guard right after a group of such calls.
-    """
-    assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
-    with pytest.raises(error_type) as info:
-        call(*args, **kwargs)
-    assert isinstance(info.value, builtin)
-    assert fragment in str(info.value), str(info.value)
-    if guard is not None:
-        guard.check()
-    return info.value
 
 
 def names(found):

@@ -13,40 +13,20 @@ import os
 import re
 
 import pytest
-import sqlalchemy as sa
 
 from ams import AMSDataStore, AMSModelDescr, RemoveReport, UQType
-from ams.errors import (AMSStoreError, DuplicateEntryError, InvalidArgumentError,
+from ams.errors import (DuplicateEntryError, InvalidArgumentError,
                         InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
                         NotFoundError, UnknownEntryTypeError, WrongFileFormatError)
 
+from conftest import rejected, count_records
+
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
-
-
-def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
-    """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes."""
-    assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
-    with pytest.raises(error_type) as info:
-        call(*args, **kwargs)
-    assert isinstance(info.value, builtin)
-    assert fragment in str(info.value), str(info.value)
-    guard.check()
-    return info.value
 
 
 def sha(path) -> str:
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
-
-
-def count_records(store, record_type: str) -> int:
-    engine = sa.create_engine(store.url.sqlalchemy_url(), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT COUNT(*) FROM Record WHERE type = :t"),
-                                {"t": record_type}).scalar()
-    finally:
-        engine.dispose()
 
 
 # ------------------------------------------------------------------ removing
