@@ -61,6 +61,8 @@ _CHUNK = 500
 # well under MariaDB's default 16 MB max_allowed_packet.
 _INSERT_ROWS = 2000
 _INSERT_BYTES = 4 * 2**20
+# Files whose rows one add builds and inserts at a time.
+_ADD_BATCH = 2000
 # A search narrowed in SQL to at most this many records fetches them by id.
 _BY_ID_LIMIT = 5000
 _SQLITE_CACHE_KIB = 65536  # page cache per SQLite connection (default: 2 MiB)
@@ -152,23 +154,40 @@ class Dataset:
     version: int
 
 
-@dataclass
 class FileRecord:
-    id: str
-    path: str
-    dataset: Dataset
-    raw: Dict[str, Any]
+    """One Kosh ``file`` record, as associated with one dataset.
+
+    Parsed once when read, keeping its path, metadata and checksum; the whole
+    raw JSON (needed only to rewrite the record) is parsed again from the
+    stored text on each use of :attr:`raw`. Reading 10^5 records then holds
+    ~1 KB per record instead of ~5 KB of parsed JSON.
+    """
+
+    __slots__ = ("id", "path", "dataset", "metadata", "fast_sha", "associated", "_text")
+
+    def __init__(self, record_id: str, dataset: Dataset, text: Any, keep_raw: bool = True) -> None:
+        data = sjson.loads(text)["data"]
+        self.id = record_id
+        self.path: str = data["uri"]["value"]
+        self.dataset = dataset
+        self.metadata: Dict[str, Any] = {key: datum["value"] for key, datum in data.items()
+                                         if key not in KOSH_FILE_FIELDS}
+        sha = data["fast_sha"]["value"] if "fast_sha" in data else None
+        #: Kosh's checksum of the file when it was registered (None if Kosh stored none).
+        self.fast_sha: Optional[str] = sha if isinstance(sha, str) else None
+        #: Ids of every dataset the record is associated with (Kosh's ``associated``).
+        self.associated: List[str] = data["associated"]["value"] if "associated" in data else []
+        self._text = text if keep_raw else None
 
     @property
-    def metadata(self) -> Dict[str, Any]:
-        return {key: datum["value"] for key, datum in self.raw["data"].items()
-                if key not in KOSH_FILE_FIELDS}
+    def raw(self) -> Dict[str, Any]:
+        """The record's raw JSON, freshly parsed (a new dict on every access)."""
+        if self._text is None:
+            raise AttributeError(f"file record {self.id} was read without its raw JSON")
+        return sjson.loads(self._text)
 
-    @property
-    def fast_sha(self) -> Optional[str]:
-        """Kosh's checksum of the file when it was registered (None if Kosh stored none)."""
-        value = self.raw["data"].get("fast_sha", {}).get("value")
-        return value if isinstance(value, str) else None
+    def __repr__(self) -> str:
+        return f"FileRecord(id={self.id!r}, path={self.path!r}, dataset={self.dataset.id!r})"
 
 
 @dataclass
@@ -210,6 +229,7 @@ class KoshAdapter:
         self._types = {"file": "file", "ensemble": "kosh_ensemble", "dataset": "dataset",
                        "predicate": "is a member of ensemble"}
         self._creator = "anonymous"
+        self._max_packet: Optional[int] = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -481,20 +501,31 @@ class KoshAdapter:
     def dataset_paths(self, conn: Connection, datasets: Sequence[Dataset]) -> Dict[str, List[str]]:
         """Dataset id -> associated uris (Kosh's Document rows), sorted."""
         out: Dict[str, List[str]] = {d.id: [] for d in datasets}
-        for chunk in _chunks(list(out)):
-            # In (id, uri) order: SQLite reads it straight from the primary key
-            # index, and the sort below then only checks it.
-            for dataset_id, uri in _run(conn, 'SELECT "id", "uri" FROM "Document" WHERE "id" IN '
-                                        f'({_marks(len(chunk))}) ORDER BY "id", "uri"', chunk):
-                out[dataset_id].append(uri)
+        # In (id, uri) order: SQLite reads it straight from the primary key index,
+        # and the sort below then only checks it.
+        if len(out) <= 20:  # the usual case: uris alone, one query per dataset
+            for dataset_id in out:
+                out[dataset_id] = [uri for (uri,) in _run(
+                    conn, 'SELECT "uri" FROM "Document" WHERE "id" = ? ORDER BY "uri"',
+                    (dataset_id,))]
+        else:
+            for chunk in _chunks(list(out)):
+                for dataset_id, uri in _run(conn, 'SELECT "id", "uri" FROM "Document" WHERE "id"'
+                                            f' IN ({_marks(len(chunk))}) ORDER BY "id", "uri"',
+                                            chunk):
+                    out[dataset_id].append(uri)
         for paths in out.values():
             paths.sort()
         return out
 
     def file_records(self, conn: Connection, datasets: Sequence[Dataset],
                      paths: Optional[Iterable[str]] = None,
-                     conditions: Sequence[Tuple[str, str, Any]] = ()) -> List[FileRecord]:
+                     conditions: Sequence[Tuple[str, str, Any]] = (),
+                     keep_raw: bool = True) -> List[FileRecord]:
         """The file records associated with ``datasets`` (optionally only ``paths``).
+
+        ``keep_raw=False``: the records keep path, metadata and checksum only
+        (:attr:`FileRecord.raw` is then unavailable), for reads of many records.
 
         ``conditions`` (``(key, operator, operand)`` triples from
         :func:`ams._match.parse_conditions`) narrow the read in SQL, through the
@@ -515,12 +546,10 @@ class KoshAdapter:
         params: Tuple[Any, ...] = ("associated", self._types["file"])
         out = []
 
-        def collect(rows: Iterable[Tuple[str, str, Any]]) -> None:
-            for dataset_id, record_id, raw in rows:
+        def collect(sql: str, params: Sequence[Any]) -> None:
+            for dataset_id, record_id, raw in _stream(conn, sql, params):
                 if dataset_id in by_id and (candidates is None or record_id in candidates):
-                    raw = sjson.loads(raw)
-                    out.append(FileRecord(record_id, raw["data"]["uri"]["value"],
-                                          by_id[dataset_id], raw))
+                    out.append(FileRecord(record_id, by_id[dataset_id], raw, keep_raw))
 
         if paths is not None:  # the records of these uris, by index (never a scan per chunk)
             by_path: Set[str] = set()
@@ -533,12 +562,11 @@ class KoshAdapter:
                 return []
         if candidates is not None and (paths is not None or len(candidates) <= _BY_ID_LIMIT):
             for chunk in _chunks(sorted(candidates)):
-                collect(_run(conn, sql + where + f' AND r."id" IN ({_marks(len(chunk))})',
-                             (*params, *chunk)))
+                collect(sql + where + f' AND r."id" IN ({_marks(len(chunk))})', (*params, *chunk))
         else:  # most of the datasets' records: read them dataset by dataset
             for chunk in _chunks(sorted(by_id)):
-                collect(_run(conn, sql + where + f' AND e."value" IN ({_marks(len(chunk))})',
-                             (*params, *chunk)))
+                collect(sql + where + f' AND e."value" IN ({_marks(len(chunk))})',
+                        (*params, *chunk))
         return self._sorted(out)
 
     @staticmethod
@@ -723,11 +751,12 @@ class KoshAdapter:
         return self._write("move", work)
 
     def application_files(self, conn: Connection, application_name: str,
-                          domain_name: Optional[str] = None) -> List[FileRecord]:
+                          domain_name: Optional[str] = None,
+                          keep_raw: bool = True) -> List[FileRecord]:
         """Every file record of the application's (and legacy) ensembles, or of one domain."""
         ensembles = self.ensembles(conn, application_name,
                                    None if domain_name is None else [domain_name])
-        return self.file_records(conn, self.datasets(conn, ensembles))
+        return self.file_records(conn, self.datasets(conn, ensembles), keep_raw=keep_raw)
 
     def remove_where(self, application_name: str, domain_name: Optional[str],
                      select: Callable[[FileRecord], bool], operation: str = "repair") -> RemoveResult:
@@ -759,6 +788,10 @@ class KoshAdapter:
             path, where = next(iter(sorted(taken.items())))
             raise DuplicateEntryError(f"{path!r} is already registered ({where})"
                                       + (f" and {len(taken) - 1} more" if len(taken) > 1 else ""))
+        # Fail fast when the new files alone overflow the dataset record (MariaDB).
+        limit = self._packet_limit(conn)
+        if limit and sum(2 * len(f.path) + 120 for f in files) > limit:
+            raise self._too_big(entry_type, domain_name, version, len(files), None, limit)
         now = time.time()
         ensembles = self.ensembles(conn, application_name, [domain_name])
         inserts: Dict[sa.Table, List[Dict[str, Any]]] = defaultdict(list)
@@ -797,7 +830,11 @@ class KoshAdapter:
             dataset_raw["files"][new.path] = {"mimetype": mime_type, "kosh_id": file_id}
             dataset_raw["user_defined"]["kosh_information"][
                 f"{new.path}___associated_last_modified"] = now
+            if len(inserts[_RECORD]) >= _ADD_BATCH:  # stream: memory stays flat at 10^5 files
+                self._insert(conn, inserts)
+                inserts = defaultdict(list)
         dataset_raw["data"]["last_modified_date"] = {"value": date}
+        self._check_fits(conn, dataset_raw, target, len(files))
 
         if is_new_dataset:
             inserts[_RELATIONSHIP].append({"subject_id": target.id, "object_id": ensemble.id,
@@ -813,6 +850,42 @@ class KoshAdapter:
         if is_new_dataset:
             self._check_version_unique(conn, application_name, domain_name, entry_type, version)
         return version
+
+    def _packet_limit(self, conn: Connection) -> Optional[int]:
+        """MariaDB's max_allowed_packet (bytes), read once; None on SQLite."""
+        if self.url.backend == "sqlite":
+            return None
+        if self._max_packet is None:
+            self._max_packet = int(_run(conn, "SELECT @@max_allowed_packet")[0][0])
+        return self._max_packet
+
+    def _check_fits(self, conn: Connection, dataset_raw: Dict[str, Any], target: Dataset,
+                    added: int) -> None:
+        """Refuse, before writing it, a dataset record MariaDB would reject.
+
+        Kosh keeps a dataset's whole file list in its record (~150 bytes plus
+        twice the path per file), and the server refuses statements over its
+        max_allowed_packet (16 MiB by default, ~50,000-100,000 files).
+        """
+        limit = self._packet_limit(conn)
+        if not limit:
+            return
+        text = sjson.dumps(dataset_raw)
+        size = len(text) + text.count(b'"') + text.count(b"\\") + 1024  # escaped, plus SQL
+        if size > limit:
+            raise self._too_big(target.entry_type, target.ensemble.domain_name, target.version,
+                                added, size, limit)
+
+    def _too_big(self, entry_type: str, domain_name: str, version: Optional[int], added: int,
+                 size: Optional[int], limit: int) -> BackendError:
+        where = f"version {version} of" if version is not None else "one version of"
+        record = f"a record of {size:,} bytes" if size else "one record"
+        return BackendError(
+            f"cannot add {added} file(s) to {where} {entry_type} in domain {domain_name!r}: "
+            f"Kosh keeps a dataset's file list in {record}, over the max_allowed_packet "
+            f"({limit:,} bytes) of the MariaDB server {self.url.host}:{self.url.port}; "
+            "raise it on the server (SET GLOBAL max_allowed_packet=1073741824 and in its "
+            "configuration) or spread the files over several versions; nothing was added")
 
     def _check_version_unique(self, conn: Connection, application_name: str, domain_name: str,
                               entry_type: str, version: int) -> None:
@@ -869,12 +942,12 @@ class KoshAdapter:
         delete_ids: List[str] = []
         rewrite: List[Dict[str, Any]] = []
         for record in records:  # Kosh's dissociate: drop this dataset from 'associated'
-            associated = [a for a in record.raw["data"]["associated"]["value"]
-                          if a != record.dataset.id]
+            associated = [a for a in record.associated if a != record.dataset.id]
             if associated:
-                record.raw["data"]["associated"]["value"] = associated
-                record.raw["data"]["last_modified_date"] = {"value": date}
-                rewrite.append(record.raw)
+                raw = record.raw
+                raw["data"]["associated"]["value"] = associated
+                raw["data"]["last_modified_date"] = {"value": date}
+                rewrite.append(raw)
             else:
                 delete_ids.append(record.id)
         empty_datasets = []
@@ -1017,9 +1090,38 @@ def _run(conn: Connection, sql: str, params: Sequence[Any] = (), many: bool = Fa
     current transaction. Driver errors become SQLAlchemy's ``DBAPIError`` so
     that :meth:`KoshAdapter._translate_errors` handles them.
     """
+    with _driver_errors(conn, sql, params) as cursor:
+        if many:
+            cursor.executemany(_driver_sql(conn, sql), params)
+            return []
+        if literal_sql:
+            cursor.execute(sql)  # no parameters: nothing in it is taken for a %s mark
+            return []
+        cursor.execute(_driver_sql(conn, sql), tuple(params))
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+def _stream(conn: Connection, sql: str, params: Sequence[Any] = (),
+            size: int = 2000) -> Iterator[Tuple[Any, ...]]:
+    """Like :func:`_run`, but the rows come ``size`` at a time, so that memory stays
+    flat; the caller consumes them all before running another statement."""
+    with _driver_errors(conn, sql, params) as cursor:
+        cursor.execute(_driver_sql(conn, sql), tuple(params))
+        while True:
+            rows = cursor.fetchmany(size)
+            if not rows:
+                return
+            yield from rows
+
+
+def _driver_sql(conn: Connection, sql: str) -> str:
+    return sql if conn.dialect.name == "sqlite" else _mysql_sql(sql)
+
+
+@contextlib.contextmanager
+def _driver_errors(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    """The connection's kept cursor; driver errors raised as SQLAlchemy's ``DBAPIError``."""
     dialect = conn.dialect
-    if dialect.name != "sqlite" and not literal_sql:
-        sql = _mysql_sql(sql)
     # One cursor per database connection, kept across calls: mysql-connector
     # pings the server each time a cursor is made.
     info = conn.connection.info
@@ -1027,14 +1129,7 @@ def _run(conn: Connection, sql: str, params: Sequence[Any] = (), many: bool = Fa
     if cursor is None:
         cursor = info["ams_cursor"] = conn.connection.driver_connection.cursor()
     try:
-        if many:
-            cursor.executemany(sql, params)
-            return []
-        if literal_sql:
-            cursor.execute(sql)  # no parameters: nothing in it is taken for a %s mark
-            return []
-        cursor.execute(sql, tuple(params))
-        return cursor.fetchall() if cursor.description is not None else []
+        yield cursor
     except dialect.loaded_dbapi.Error as error:
         info.pop("ams_cursor", None)
         wrapped = sa.exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
@@ -1093,11 +1188,11 @@ def _mysql_insert(conn: Connection, head: str, rows: Sequence[Tuple[Any, ...]]) 
 
     for row in rows:
         text = "(" + ",".join(map(literal, row)) + ")"
+        if batch and (size + len(text) > _INSERT_BYTES or len(batch) >= _INSERT_ROWS):
+            flush()  # a big record (a dataset's raw) goes in a statement of its own
+            batch, size = [], 0
         batch.append(text)
         size += len(text)
-        if size >= _INSERT_BYTES or len(batch) >= _INSERT_ROWS:
-            flush()
-            batch, size = [], 0
     if batch:
         flush()
 

@@ -425,7 +425,8 @@ class AMSDataStore:
         repair = _validate.boolean(repair, "repair")
         adapter = self._require_writable() if repair else self._require_open()
         with adapter.read() as conn:
-            records = adapter.application_files(conn, self._application_name, domain_name)
+            records = adapter.application_files(conn, self._application_name, domain_name,
+                                                keep_raw=False)
         report = VerifyReport(checked=len(records))
         for record in records:
             described = _entry(record).to_dict()
@@ -570,7 +571,7 @@ class AMSDataStore:
                                         None if entry_type is None else [entry_type])
             if exact is not None:
                 datasets = [d for d in datasets if d.version == exact]
-            records = adapter.file_records(conn, datasets, paths, conditions)
+            records = adapter.file_records(conn, datasets, paths, conditions, keep_raw=False)
         records = [r for r in records if matches(r.metadata)]
         if latest:
             top: Dict[Any, int] = {}

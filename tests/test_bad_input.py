@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import threading
+import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from ams import AMSDataStore, AMSModelDescr, UQType
 from ams.errors import (AMSStoreError, DuplicateEntryError, InvalidArgumentError,
                         InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
                         NotFoundError, UnknownEntryTypeError, WrongFileFormatError)
-from conftest import snapshot_store
+from conftest import (mariadb_admin, mariadb_url, require_mariadb, snapshot_files,
+                      snapshot_store)
 
 
 @dataclass
@@ -52,26 +54,64 @@ class Files:
     dest: str           # an empty folder for moves
 
 
-@pytest.fixture
-def files(store, tmp_path, make_h5, make_model) -> Files:
-    good, registered, candidate = make_h5(), make_h5(), make_h5()
-    store.add_data("EOS", [registered], metadata={"cycle": 1})
-    store.add_candidates("EOS", [candidate])
-    directory = tmp_path / "a-directory.h5"
+def write_h5(path: Path, rows: int = 4) -> str:
+    import h5py
+    import numpy as np
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        handle["inputs"] = np.arange(rows * 2, dtype=float).reshape(rows, 2)
+        handle["outputs"] = np.arange(rows, dtype=float).reshape(rows, 1)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def shared(request, tmp_path_factory, _model_bytes):
+    """One store per backend for the whole table (a rejected call changes nothing, and
+    each case checks exactly that), with one file of each kind under ``root/files``."""
+    root = tmp_path_factory.mktemp(f"bad-input-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{root / 'store' / 'ams.db'}"
+    else:
+        require_mariadb()
+        database = f"ams_test_{uuid.uuid4().hex[:12]}"
+        admin = mariadb_admin()
+        try:
+            admin.cursor().execute(f"CREATE DATABASE `{database}`")
+        finally:
+            admin.close()
+        url = mariadb_url(database)
+
+        def drop() -> None:
+            admin = mariadb_admin()
+            try:
+                admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
+            finally:
+                admin.close()
+        request.addfinalizer(drop)
+    folder = root / "files"
+    good, registered, candidate = (write_h5(folder / f"{name}.h5")
+                                   for name in ("good", "registered", "candidate"))
+    directory = folder / "a-directory.h5"
     directory.mkdir()
-    whole = Path(make_h5(rows=2000))
-    truncated = tmp_path / "truncated.h5"
+    whole = Path(write_h5(folder / "whole.h5", rows=2000))
+    truncated = folder / "truncated.h5"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     whole.unlink()
-    text = tmp_path / "notes.h5"
+    text = folder / "notes.h5"
     text.write_text("inputs,outputs\n1,2\n")
-    archive = tmp_path / "not-a-model.pt"
+    archive = folder / "not-a-model.pt"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("archive/data.pkl", b"not torchscript")
-    dest = tmp_path / "dest"
+    model_path = folder / "model.pt"
+    model_path.write_bytes(_model_bytes)
+    dest = folder / "dest"
     dest.mkdir()
-    return Files(good, registered, candidate, str(tmp_path / "nowhere.h5"), str(directory),
-                 str(truncated), str(text), str(archive), make_model(), str(dest))
+    files = Files(good, registered, candidate, str(folder / "nowhere.h5"), str(directory),
+                  str(truncated), str(text), str(archive), str(model_path), str(dest))
+    with AMSDataStore("app", url) as store:
+        store.add_data("EOS", [registered], metadata={"cycle": 1})
+        store.add_candidates("EOS", [candidate])
+        yield store, files, folder
 
 
 def model(path: str) -> AMSModelDescr:
@@ -209,16 +249,18 @@ REJECTED: Dict[str, tuple] = {
 
 
 @pytest.mark.parametrize("case", list(REJECTED), ids=list(REJECTED))
-def test_rejected(case, store, files, unchanged):
+def test_rejected(case, shared):
+    store, files, folder = shared
     call, error_type, builtin, fragment = REJECTED[case]
     assert issubclass(error_type, AMSStoreError) and issubclass(error_type, builtin)
-    guard = unchanged()
+    rows, on_disk = snapshot_store(store.url), snapshot_files(folder)
     with pytest.raises(error_type) as info:
         call(store, files)
     assert isinstance(info.value, builtin)
     assert fragment in str(info.value), str(info.value)
     assert "\n" not in str(info.value)
-    guard.check()
+    assert snapshot_store(store.url) == rows, "the store changed"
+    assert snapshot_files(folder) == on_disk, "files changed"
 
 
 def test_the_table_is_big_enough():
@@ -320,25 +362,50 @@ def hold_write_lock(store: AMSDataStore):
     return release
 
 
+def waiting_for_the_lock(store: AMSDataStore) -> Callable[[], bool]:
+    """True once one of the store's connections is blocked asking for the write lock.
+
+    SQLite: sqlite3's statement trace (called as a statement starts, before its
+    busy wait) reports ``BEGIN IMMEDIATE`` on a connection of the store's pool.
+    MariaDB: the server's process list shows the store's ``SELECT ... FOR UPDATE``
+    still running (the holder's finished before).
+    """
+    if store.url.backend == "sqlite":
+        seen = threading.Event()
+
+        def trace(statement: str) -> None:
+            if statement.startswith("BEGIN IMMEDIATE"):
+                seen.set()
+
+        event.listen(store._adapter.engine, "checkout",
+                     lambda dbapi_connection, record, proxy:
+                     dbapi_connection.set_trace_callback(trace))
+        return seen.is_set
+    monitor = mariadb_admin()
+    monitor.autocommit = True
+
+    def blocked() -> bool:
+        cursor = monitor.cursor()
+        cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s "
+                       "AND INFO LIKE '%%FOR UPDATE%%'", (store.url.database,))
+        (count,) = cursor.fetchone()
+        cursor.close()
+        return count > 0
+    blocked.close = monitor.close  # type: ignore[attr-defined]
+    return blocked
+
+
 def test_file_vanishing_between_check_and_commit(store, make_h5, tmp_path_factory, unchanged):
     """The add checked the file, then waits for the write lock another writer holds; the
     file is deleted meanwhile. Inside its transaction the add checks again and rolls back.
 
-    Observed, not mocked: the test waits until the add has sent its lock statement
-    (``BEGIN IMMEDIATE`` / ``SELECT ... FOR UPDATE``), seen through SQLAlchemy's
-    statement event on the store's engine, then deletes the file and releases the lock.
+    Observed, not mocked: the test waits until the add is blocked on the lock
+    (see :func:`waiting_for_the_lock`), deletes the file, then releases the lock.
     """
     elsewhere = tmp_path_factory.mktemp("vanishing")
     stays, goes = make_h5(directory=elsewhere), make_h5(directory=elsewhere)
     guard = unchanged()
-    waiting = threading.Event()
-
-    def lock_statement(conn, cursor, statement, parameters, context, executemany):
-        if "BEGIN IMMEDIATE" in statement or "FOR UPDATE" in statement:
-            waiting.set()
-
-    engine = store._adapter.engine
-    event.listen(engine, "before_cursor_execute", lock_statement)
+    blocked = waiting_for_the_lock(store)
     release = hold_write_lock(store)
     outcome: Dict[str, Any] = {}
 
@@ -351,12 +418,17 @@ def test_file_vanishing_between_check_and_commit(store, make_h5, tmp_path_factor
     worker = threading.Thread(target=add)
     try:
         worker.start()
-        assert waiting.wait(60), "the add never asked for the write lock"
+        deadline = time.monotonic() + 60
+        while not blocked():
+            assert worker.is_alive(), f"the add ended before waiting for the lock: {outcome}"
+            assert time.monotonic() < deadline, "the add never asked for the write lock"
+            time.sleep(0.001)
+        assert worker.is_alive()  # still waiting: the lock is held
         os.remove(goes)
     finally:
         release()
         worker.join(60)
-        event.remove(engine, "before_cursor_execute", lock_statement)
+        getattr(blocked, "close", lambda: None)()
     error = outcome.get("error")
     assert isinstance(error, MissingFileError) and isinstance(error, FileNotFoundError), outcome
     assert "disappeared before it could be registered" in str(error) and goes in str(error)

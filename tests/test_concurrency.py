@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-import pytest
 import sqlalchemy as sa
 
 from ams import AMSDataStore
