@@ -2,10 +2,12 @@
 
 It reads and writes exactly the records, data rows, documents and
 relationships that Kosh itself writes (ensemble per domain, one dataset per
-entry and version, one ``file`` record per registered path), but in bulk, with
-SQLAlchemy Core on Sina's tables: one transaction per call, a constant number
-of round trips per call, and a store-wide write lock so that concurrent writers
-allocate versions safely.
+entry and version, one ``file`` record per registered path), but in bulk, on
+Sina's tables through SQLAlchemy connections: one transaction per call, a
+constant number of round trips per call, and a store-wide write lock so that
+concurrent writers allocate versions safely. The statements of every call are
+plain SQL run on the driver's cursor (:func:`_run`): at 10^5 files SQLAlchemy's
+per-statement and per-row work would cost more than the database's.
 
 The adapter assumes valid input; argument checks live in :mod:`ams.store`.
 """
@@ -20,7 +22,6 @@ import operator
 import os
 import random
 import time
-import uuid
 import warnings
 import weakref
 from collections import defaultdict
@@ -130,6 +131,26 @@ def record_rows(raw: Dict[str, Any]) -> Dict[sa.Table, List[Dict[str, Any]]]:
         rows[_DOCUMENT].append({"id": record_id, "uri": uri, "mimetype": info.get("mimetype"),
                                 "tags": tags})
     return rows
+
+
+def new_ids(count: int) -> List[str]:
+    """``count`` fresh record ids, increasing within the call: UUIDv7 hex (RFC 9562).
+
+    Kosh makes random ``uuid4().hex`` ids; any unique string works, and these
+    have the same form. Ordered by time, they put new records at the end of
+    every primary key (Sina's keys all start with the record id) instead of at
+    random places: adding 10^5 records touches far fewer index pages (above
+    all in InnoDB, whose tables are stored in primary-key order).
+    """
+    millis = time.time_ns() // 1_000_000
+    start = random.SystemRandom().getrandbits(74) % (2**74 - count)  # 74 random bits
+    out = []
+    for offset in range(count):
+        bits = start + offset
+        value = ((millis << 80) | (0x7 << 76) | ((bits >> 62) << 64) | (0b10 << 62)
+                 | (bits & (2**62 - 1)))
+        out.append(f"{value:032x}")
+    return out
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -778,7 +799,7 @@ class KoshAdapter:
         if versions is not None:
             wanted = set(versions)
             datasets = [d for d in datasets if d.version in wanted]
-        return self.file_records(conn, datasets, paths)
+        return self.file_records(conn, datasets, paths, keep_raw=False)
 
     def _add_in(self, conn: Connection, application_name: str, domain_name: str,
                 entry_type: str, mime_type: str, files: Sequence[NewFile],
@@ -813,8 +834,7 @@ class KoshAdapter:
         had_files = bool(dataset_raw["files"])
 
         date = now_string()
-        for new in files:
-            file_id = uuid.uuid4().hex
+        for new, file_id in zip(files, new_ids(len(files))):
             raw = new_raw(file_id, self._types["file"])
             data = raw["data"]
             info = raw["user_defined"]["kosh_information"]
@@ -906,7 +926,7 @@ class KoshAdapter:
 
     def _new_ensemble(self, application_name: str, domain_name: str, now: float,
                       inserts: Dict[sa.Table, List[Dict[str, Any]]]) -> Ensemble:
-        raw = new_raw(uuid.uuid4().hex, self._types["ensemble"])
+        raw = new_raw(new_ids(1)[0], self._types["ensemble"])
         date = now_string()
         raw["data"] = {"application_name": {"value": application_name},
                        "creator": {"value": self._creator},
@@ -918,7 +938,7 @@ class KoshAdapter:
 
     def _new_dataset_raw(self, ensemble: Ensemble, entry_type: str, version: int,
                          now: float) -> Dict[str, Any]:
-        raw = new_raw(uuid.uuid4().hex, "dataset")
+        raw = new_raw(new_ids(1)[0], "dataset")
         date = now_string()
         raw["data"] = {"version": {"value": version}, "creator": {"value": self._creator},
                        "creation_date": {"value": date}, "name": {"value": entry_type},
@@ -939,17 +959,22 @@ class KoshAdapter:
         for record in records:
             by_dataset[record.dataset.id].append(record)
         dataset_raws = self._raws(conn, list(by_dataset))
-        delete_ids: List[str] = []
+        # Kosh's dissociate: drop these datasets from each record's 'associated';
+        # a record left with none is deleted, one still shared is rewritten.
+        leaving: Dict[str, Set[str]] = defaultdict(set)
+        associated: Dict[str, List[str]] = {}
+        for record in records:
+            leaving[record.id].add(record.dataset.id)
+            associated[record.id] = record.associated
+        left = {record_id: [a for a in associated[record_id] if a not in gone]
+                for record_id, gone in leaving.items()}
+        delete_ids = [record_id for record_id, still in left.items() if not still]
         rewrite: List[Dict[str, Any]] = []
-        for record in records:  # Kosh's dissociate: drop this dataset from 'associated'
-            associated = [a for a in record.associated if a != record.dataset.id]
-            if associated:
-                raw = record.raw
-                raw["data"]["associated"]["value"] = associated
-                raw["data"]["last_modified_date"] = {"value": date}
-                rewrite.append(raw)
-            else:
-                delete_ids.append(record.id)
+        shared = [record_id for record_id, still in left.items() if still]
+        for record_id, raw in self._raws(conn, shared).items():  # plain-Kosh stores only
+            raw["data"]["associated"]["value"] = left[record_id]
+            raw["data"]["last_modified_date"] = {"value": date}
+            rewrite.append(raw)
         empty_datasets = []
         for dataset_id, gone in by_dataset.items():
             raw = dataset_raws[dataset_id]
@@ -978,7 +1003,13 @@ class KoshAdapter:
         it whole (O(files of the dataset)); the data rows are left alone.
         """
         raw["data"]["last_modified_date"] = {"value": date}
-        _run(conn, 'UPDATE "Record" SET "raw" = ? WHERE "id" = ?', (sjson.dumps(raw), dataset_id))
+        text = sjson.dumps(raw)
+        if conn.dialect.name == "sqlite":
+            _run(conn, 'UPDATE "Record" SET "raw" = ? WHERE "id" = ?', (text, dataset_id))
+        else:  # built here: the connector would copy and scan the big value several times
+            values = _MySQLValues(conn)
+            _run(conn, b"UPDATE `Record` SET `raw` = " + values.bytes(text)
+                 + b" WHERE `id` = " + values.bytes(dataset_id), literal_sql=True)
         _run(conn, 'UPDATE "StringData" SET "value" = ? WHERE "id" = ? AND "name" = ?',
              (date, dataset_id, "last_modified_date"))
 
@@ -1094,8 +1125,11 @@ def _run(conn: Connection, sql: str, params: Sequence[Any] = (), many: bool = Fa
         if many:
             cursor.executemany(_driver_sql(conn, sql), params)
             return []
-        if literal_sql:
-            cursor.execute(sql)  # no parameters: nothing in it is taken for a %s mark
+        if literal_sql:  # no parameters: nothing in it is taken for a %s mark
+            if conn.dialect.name == "sqlite":
+                cursor.execute(sql)
+            else:  # a plain COM_QUERY: the cursor would scan the statement for ";"s
+                conn.connection.driver_connection.cmd_query(sql)
             return []
         cursor.execute(_driver_sql(conn, sql), tuple(params))
         return cursor.fetchall() if cursor.description is not None else []
@@ -1148,27 +1182,27 @@ _MYSQL_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "'": "\\
                                 '"': '\\"', "\x1a": "\\\x1a"})
 
 
-def _mysql_insert(conn: Connection, head: str, rows: Sequence[Tuple[Any, ...]]) -> None:
-    """Multi-row INSERTs for MariaDB, ``head`` being ``INSERT INTO "T" ("a", ...)``.
+class _MySQLValues:
+    """SQL literals for MariaDB, exactly as mysql-connector writes parameters.
 
-    The statement is built here because mysql-connector's (pure Python)
-    executemany spends ~30 function calls per value on it, more than the server
-    spends inserting. Values are written exactly as the connector would
-    (its escape and quote rules); statements stay under 4 MB, far below the
-    server's max_allowed_packet.
+    ams builds its big statements itself: the connector (pure Python) spends
+    ~30 function calls per value, more than the server spends inserting, and
+    copies and scans a statement several times (a dataset's raw can be 20 MB).
     """
-    driver = conn.connection.driver_connection
-    sql_mode = driver.sql_mode
-    plain = "NO_BACKSLASH_ESCAPES" in (sql_mode.decode() if isinstance(sql_mode, bytes)
-                                       else sql_mode or "")
-    converter = driver.converter
 
-    def literal(value: Any) -> str:
+    def __init__(self, conn: Connection) -> None:
+        driver = conn.connection.driver_connection
+        self.sql_mode = driver.sql_mode
+        mode = self.sql_mode.decode() if isinstance(self.sql_mode, bytes) else self.sql_mode
+        self.plain = "NO_BACKSLASH_ESCAPES" in (mode or "")
+        self.converter = driver.converter
+
+    def text(self, value: Any) -> str:
         kind = type(value)
         if kind is bytes or kind is bytearray:
             value, kind = value.decode("utf-8"), str
         if kind is str:
-            escaped = value.replace("'", "''") if plain else value.translate(_MYSQL_ESCAPES)
+            escaped = value.replace("'", "''") if self.plain else value.translate(_MYSQL_ESCAPES)
             return f"'{escaped}'"
         if value is None:
             return "NULL"
@@ -1176,9 +1210,34 @@ def _mysql_insert(conn: Connection, head: str, rows: Sequence[Tuple[Any, ...]]) 
             return "1" if value else "0"
         if kind is int or kind is float:
             return repr(value)
-        return bytes(converter.quote(converter.escape(converter.to_mysql(value), sql_mode))
+        converter = self.converter
+        return bytes(converter.quote(converter.escape(converter.to_mysql(value), self.sql_mode))
                      ).decode("utf-8")
 
+    def bytes(self, value: Any) -> bytes:
+        """As :meth:`text`, encoded; a big bytes value is escaped without decoding it."""
+        if type(value) is not bytes:
+            return self.text(value).encode("utf-8")
+        if self.plain:
+            return b"'" + value.replace(b"'", b"''") + b"'"
+        for char, escaped in _MYSQL_BYTE_ESCAPES:
+            if char in value:
+                value = value.replace(char, escaped)
+        return b"'" + value + b"'"
+
+
+_MYSQL_BYTE_ESCAPES = ((b"\\", b"\\\\"), (b"\n", b"\\n"), (b"\r", b"\\r"), (b"'", b"\\'"),
+                       (b'"', b'\\"'), (b"\x1a", b"\\\x1a"))
+_BIG_VALUE = 2**20  # bytes: such a value (a dataset's raw) gets a statement of its own
+
+
+def _mysql_insert(conn: Connection, head: str, rows: Sequence[Tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs for MariaDB, ``head`` being ``INSERT INTO "T" ("a", ...)``.
+
+    Statements stay under 4 MB, far below the server's max_allowed_packet,
+    except for a row holding a big value, sent alone.
+    """
+    values = _MySQLValues(conn)
     head = _mysql_sql(head) + " VALUES "
     batch: List[str] = []
     size = 0
@@ -1187,9 +1246,16 @@ def _mysql_insert(conn: Connection, head: str, rows: Sequence[Tuple[Any, ...]]) 
         _run(conn, head + ",".join(batch), literal_sql=True)
 
     for row in rows:
-        text = "(" + ",".join(map(literal, row)) + ")"
+        if any(type(v) is bytes and len(v) > _BIG_VALUE for v in row):
+            if batch:
+                flush()
+                batch, size = [], 0
+            _run(conn, head.encode() + b"(" + b",".join(map(values.bytes, row)) + b")",
+                 literal_sql=True)
+            continue
+        text = "(" + ",".join(map(values.text, row)) + ")"
         if batch and (size + len(text) > _INSERT_BYTES or len(batch) >= _INSERT_ROWS):
-            flush()  # a big record (a dataset's raw) goes in a statement of its own
+            flush()
             batch, size = [], 0
         batch.append(text)
         size += len(text)
