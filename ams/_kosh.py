@@ -66,7 +66,7 @@ _INSERT_BYTES = 4 * 2**20
 _ADD_BATCH = 2000
 # A search narrowed in SQL to at most this many records fetches them by id.
 _BY_ID_LIMIT = 5000
-_SQLITE_CACHE_KIB = 65536  # page cache per SQLite connection (default: 2 MiB)
+_SQLITE_CACHE_KIB = 32768  # page cache per SQLite connection (default: 2 MiB)
 
 _RECORD = sina_schema.Record.__table__
 _RELATIONSHIP = sina_schema.Relationship.__table__
@@ -604,8 +604,9 @@ class KoshAdapter:
             query = _condition_sql(key, op, operand)
             if query is None:
                 continue
-            found = {row[0] for row in _run(conn, *query)}
-            ids = found if ids is None else ids & found
+            rows = _stream(conn, *query)  # one set of ids alive, however many match
+            ids = ({row[0] for row in rows} if ids is None
+                   else {row[0] for row in rows if row[0] in ids})
             if not ids:
                 break
         return ids

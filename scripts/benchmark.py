@@ -397,18 +397,19 @@ def run_operations(make: Callable[[str], Any], files_root: str, n: int,
         times["add"], version = _timed(lambda: bench.add(paths, bulk))
         assert version == 1, version
         times["single_add"], times["append"], _ = _single_adds(bench, extras)
-        times["versions"], result = _median(lambda: bench.versions("candidates"))
-        counts["versions"] = len(result)
-        times["latest"], result = _median(lambda: bench.files("data", "latest"))
-        counts["latest"] = len(result)
-        times["all_files"], result = _median(lambda: bench.files("data", None))
-        counts["all_files"] = len(result)
+        reads: List[Tuple[str, Callable[[], Any]]] = [
+            ("versions", lambda: bench.versions("candidates")),
+            ("latest", lambda: bench.files("data", "latest")),
+            ("all_files", lambda: bench.files("data", None))]
         for key, query in (("search_eq", {"cycle": 7}),
                            ("search_range", {"loss": {"<": 0.2}}),
                            ("search_eq_all", {"batch": "bulk"}),
                            ("search_range_all", {"cycle": {"<": 1}, "batch": "bulk"})):
-            times[key], result = _median(lambda: bench.search(query))
+            reads.append((key, lambda query=query: bench.search(query)))
+        for key, read in reads:
+            times[key], result = _median(read)
             counts[key] = len(result)
+            result = None  # one result alive at a time (peak memory)
         times["remove"], counts["remove"] = _timed(lambda: bench.remove(paths[: n // 2]))
     finally:
         bench.close()
