@@ -65,30 +65,41 @@ def mariadb_url(database: str) -> str:
     return f"mariadb://{auth}@{params['host']}:{params['port']}/{database}"
 
 
+def create_mariadb_database() -> str:
+    """Create a fresh, uniquely named database on the test server; returns its name."""
+    require_mariadb()
+    name = f"ams_test_{uuid.uuid4().hex[:12]}"
+    conn = mariadb_admin()
+    try:
+        conn.cursor().execute(f"CREATE DATABASE `{name}`")
+    finally:
+        conn.close()
+    return name
+
+
+def drop_mariadb_databases(names: List[str]) -> None:
+    if not names:
+        return
+    conn = mariadb_admin()
+    try:
+        for name in names:
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def fresh_mariadb_database() -> Callable[[], str]:
     """Factory of fresh MariaDB databases (dropped at teardown); returns store URLs."""
     created: List[str] = []
 
     def make() -> str:
-        require_mariadb()
-        name = f"ams_test_{uuid.uuid4().hex[:12]}"
-        conn = mariadb_admin()
-        try:
-            conn.cursor().execute(f"CREATE DATABASE `{name}`")
-        finally:
-            conn.close()
+        name = create_mariadb_database()
         created.append(name)
         return mariadb_url(name)
 
     yield make
-    if created:
-        conn = mariadb_admin()
-        try:
-            for name in created:
-                conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
+    drop_mariadb_databases(created)
 
 
 # ------------------------------------------------------------------ store fixtures
@@ -208,6 +219,18 @@ def unchanged(store, tmp_path):
             assert snapshot_files(tmp_path) == self.files, "files changed"
 
     return Guard()
+
+
+def copy_files(template: str, folder: Path, count: int, prefix: str) -> List[str]:
+    """``count`` real HDF5 files (byte copies of ``template``), fast."""
+    import shutil
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"{prefix}_{index:04d}.h5"
+        shutil.copyfile(template, path)
+        paths.append(str(path))
+    return paths
 
 
 # ------------------------------------------------------------------ assertions

@@ -20,7 +20,6 @@ import math
 import os
 import threading
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from ams import AMSDataStore, AMSModelDescr, UQType
 from ams.errors import (AMSStoreError, DuplicateEntryError, InvalidArgumentError,
                         InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
                         NotFoundError, UnknownEntryTypeError, WrongFileFormatError)
-from conftest import (mariadb_admin, mariadb_url, require_mariadb, snapshot_files,
-                      snapshot_store)
+from conftest import (create_mariadb_database, drop_mariadb_databases, mariadb_admin,
+                      mariadb_url, snapshot_files, snapshot_store)
 
 
 @dataclass
@@ -72,22 +71,9 @@ def shared(request, tmp_path_factory, _model_bytes):
     if request.param == "sqlite":
         url = f"sqlite:///{root / 'store' / 'ams.db'}"
     else:
-        require_mariadb()
-        database = f"ams_test_{uuid.uuid4().hex[:12]}"
-        admin = mariadb_admin()
-        try:
-            admin.cursor().execute(f"CREATE DATABASE `{database}`")
-        finally:
-            admin.close()
+        database = create_mariadb_database()
         url = mariadb_url(database)
-
-        def drop() -> None:
-            admin = mariadb_admin()
-            try:
-                admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
-            finally:
-                admin.close()
-        request.addfinalizer(drop)
+        request.addfinalizer(lambda: drop_mariadb_databases([database]))
     folder = root / "files"
     good, registered, candidate = (write_h5(folder / f"{name}.h5")
                                    for name in ("good", "registered", "candidate"))

@@ -15,16 +15,16 @@ import logging
 import multiprocessing
 import os
 import queue
-import shutil
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import sqlalchemy as sa
 
 from ams import AMSDataStore
+
+from conftest import copy_files
 
 N_PROCESSES, ADDS_EACH = 4, 40
 RACE_EACH = 25  # calls per child in the add/remove/move race
@@ -32,16 +32,6 @@ DEADLINE = 240  # seconds for a whole group of children; a hang fails instead of
 
 
 # ------------------------------------------------------------------ helpers
-def copies(template: str, folder: Path, count: int, prefix: str) -> List[str]:
-    """``count`` real HDF5 files (byte copies of ``template``), fast."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"{prefix}_{index:04d}.h5"
-        shutil.copyfile(template, path)
-        paths.append(str(path))
-    return paths
-
 
 def context():
     """Children fork from a server that imported ams once (spawn would re-import it per child)."""
@@ -149,7 +139,7 @@ def count_rows(url, sql: str, **params) -> int:
 # ------------------------------------------------------------------ processes
 def test_processes_open_a_new_store_at_once(store_url, backend, tmp_path, make_h5):
     """Five processes open a store that does not exist yet (tables, Kosh's records) and add."""
-    paths = copies(make_h5(), tmp_path / "new", 5, "new")
+    paths = copy_files(make_h5(), tmp_path / "new", 5, "new")
     if backend == "sqlite":
         assert not os.path.exists(store_url.split("sqlite:///", 1)[1])
     versions, _ = run_children(store_url, [("open_and_add", (path,)) for path in paths])
@@ -169,7 +159,7 @@ def test_processes_adding_auto_versions(store_url, tmp_path, make_h5):
     """4 processes x 40 single-file adds to one entry: 160 distinct versions, 160 files."""
     with AMSDataStore("app", store_url) as store:
         url = store.url
-    paths = copies(make_h5(), tmp_path / "adds", N_PROCESSES * ADDS_EACH, "add")
+    paths = copy_files(make_h5(), tmp_path / "adds", N_PROCESSES * ADDS_EACH, "add")
     jobs = [("add", (paths[k * ADDS_EACH:(k + 1) * ADDS_EACH],)) for k in range(N_PROCESSES)]
     started = time.monotonic()
     results, retries = run_children(store_url, jobs)
@@ -198,10 +188,10 @@ def test_adds_race_removes_and_moves(store_url, tmp_path, make_h5):
     exactly once (as its candidate or as its copy in data), never neither or both.
     """
     template = make_h5()
-    keeper = copies(template, tmp_path / "keep", 1, "keep")[0]
-    doomed = copies(template, tmp_path / "doomed", RACE_EACH, "rm")
-    candidates = copies(template, tmp_path / "cand", RACE_EACH, "cand")
-    added = copies(template, tmp_path / "adds", 2 * RACE_EACH, "add")
+    keeper = copy_files(template, tmp_path / "keep", 1, "keep")[0]
+    doomed = copy_files(template, tmp_path / "doomed", RACE_EACH, "rm")
+    candidates = copy_files(template, tmp_path / "cand", RACE_EACH, "cand")
+    added = copy_files(template, tmp_path / "adds", 2 * RACE_EACH, "add")
     dest = tmp_path / "promoted"
     with AMSDataStore("app", store_url) as store:
         assert store.add_data("EOS", [keeper] + doomed) == 1
@@ -244,7 +234,7 @@ def test_adds_race_removes_and_moves(store_url, tmp_path, make_h5):
 def test_threads_share_one_store(store, tmp_path, make_h5):
     """An AMSDataStore may be shared by threads: 4 threads x 20 adds, one reader thread."""
     threads_count, each = 4, 20
-    paths = copies(make_h5(), tmp_path / "threads", threads_count * each, "t")
+    paths = copy_files(make_h5(), tmp_path / "threads", threads_count * each, "t")
     got: List[Tuple[str, int]] = []
     errors: List[str] = []
     done = threading.Event()

@@ -23,7 +23,7 @@ from typing import Callable, List
 import pytest
 
 from ams import AMSDataStore
-from conftest import mariadb_admin, snapshot_store
+from conftest import copy_files, mariadb_admin, snapshot_store
 
 ADD_FILES = 3000
 MOVE_FILES = 600
@@ -32,16 +32,6 @@ LOGGER = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ helpers
-def copies(template: str, folder: Path, count: int, prefix: str) -> List[str]:
-    """``count`` real HDF5 files (byte copies of one tiny file), fast."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"{prefix}_{index:04d}.h5"
-        shutil.copyfile(template, path)
-        paths.append(str(path))
-    return paths
-
 
 def context():
     """Children fork from a server that imported ams once (fast to start, killable alone)."""
@@ -108,7 +98,7 @@ def test_add_killed_inside_its_transaction(store, store_url, tmp_path, make_h5):
     """A 3000-file add killed mid-transaction: none recorded (all would also pass), no trace."""
     first = make_h5()
     store.add_data("EOS", [first])
-    paths = copies(make_h5(), tmp_path / "many", ADD_FILES, "f")
+    paths = copy_files(make_h5(), tmp_path / "many", ADD_FILES, "f")
     before = snapshot_store(store.url)
     child = context().Process(target=_add, args=(store_url, paths))
     child.start()
@@ -147,7 +137,7 @@ def _source_purged(source: str) -> Callable[[], bool]:
 @pytest.mark.parametrize("phase", ["copying", "transaction", "purging"])
 def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
     """No file both unrecorded and deleted; the call is all or nothing in the store."""
-    sources = copies(make_h5(), tmp_path / "cand", MOVE_FILES, "c")
+    sources = copy_files(make_h5(), tmp_path / "cand", MOVE_FILES, "c")
     store.add_candidates("EOS", sources)
     dest = tmp_path / "promoted"
     targets = [str(dest / os.path.basename(src)) for src in sources]
