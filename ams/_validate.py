@@ -14,7 +14,8 @@ import os
 import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .errors import (InvalidArgumentError, InvalidArgumentTypeError, InvalidMetadataError,
+from .keys import ENTRY_TYPES
+from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError, InvalidMetadataError,
                      MissingFileError, UnknownEntryTypeError, WrongFileFormatError)
 
 MAX_NAME_LENGTH = 255      # Sina's name columns are VARCHAR(255)
@@ -22,7 +23,6 @@ MAX_STRING_LENGTH = 15000  # Sina's string value columns are VARCHAR(15000)
 MAX_PATH_LENGTH = 1500     # Sina's Document.uri is VARCHAR(1500)
 MAX_VERSION = 2**31 - 1    # versions are also kept as REAL by Sina; stay far below 2**53
 _INT64 = 2**63
-VALID_ENTRIES = ("data", "models", "candidates")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -50,9 +50,9 @@ def optional_name(value: Any, what: str) -> Optional[str]:
 
 
 def entry_type(value: Any, what: str = "entry type") -> str:
-    if not isinstance(value, str) or value not in VALID_ENTRIES:
+    if not isinstance(value, str) or value not in ENTRY_TYPES:
         raise UnknownEntryTypeError(f"unknown {what} {_short(value)}; valid: "
-                                    + ", ".join(VALID_ENTRIES))
+                                    + ", ".join(ENTRY_TYPES))
     return value
 
 
@@ -282,6 +282,37 @@ def _encodable(text: str, what: str, error: type = InvalidArgumentError) -> None
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise error(f"{what} is not valid Unicode text: {_short(text)}") from None
+
+
+def error_value(value: Any, what: str) -> float:
+    """A model's error or threshold: a finite number, not negative."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentTypeError(f"{what} must be a number, not {_short(value)}")
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        raise InvalidMetadataError(f"{what} is out of range: {_short(value)}") from None
+    if not math.isfinite(number):
+        raise InvalidMetadataError(f"{what} = {value!r}: NaN and infinities cannot be stored")
+    if number < 0:
+        raise InvalidMetadataError(f"{what} must not be negative, not {_short(value)}")
+    return number if isinstance(value, float) else value
+
+
+def move_targets(sources: Sequence[str], dest_root: str) -> List[str]:
+    """Where a move puts ``sources``: ``dest_root/<name>``, each name free and unique."""
+    ancestor = dest_root  # the folder or its nearest existing parent must be a directory
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InvalidArgumentError(f"dest_root_path is not a directory: {dest_root!r}"
+                                   + ("" if ancestor == dest_root else f" ({ancestor!r} is not)"))
+    targets = [os.path.join(dest_root, os.path.basename(src)) for src in sources]
+    unique(targets, "destination names")
+    for target in targets:
+        if os.path.lexists(target):
+            raise DestinationExistsError(f"destination already exists: {target!r}", path=target)
+    return targets
 
 
 def boolean(value: Any, what: str) -> bool:

@@ -376,7 +376,7 @@ def remove(store: AMSDataStore, args: argparse.Namespace) -> int:
               "candidates": store.remove_candidates}[args.entry_type]
     force = {"force": True} if args.force else {}
     report = method(args.domain_name, args.files, version=args.version,
-                    metadata=metadata or None, purge=args.purge, **force)
+                    metadata=metadata or None, purge=args.purge, remove_all=args.all, **force)
     emit(report.to_dict())
     problems = []
     if report.not_found:

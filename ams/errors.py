@@ -25,11 +25,34 @@ __all__ = [
     "MissingDependencyError",
     "ImportSourceError",
     "LineageError",
+    "AliasError",
+    "DestinationExistsError",
+    "FileOperationError",
+    "UnsafeFilesystemError",
 ]
 
 
 class AMSStoreError(Exception):
-    """Base class of every error raised by ``ams``."""
+    """Base class of every error raised by ``ams``.
+
+    Besides its message, an error carries what it is about as attributes
+    (``path``, ``paths``, ``models``, ``aliases``, ``versions``...; None when not
+    given), so callers need not parse messages::
+
+        except DuplicateEntryError as error:
+            print(error.path)
+    """
+
+    path = None
+    paths = None
+    models = None
+    aliases = None
+    versions = None
+
+    def __init__(self, *args: object, **fields: object) -> None:
+        super().__init__(*args)
+        for name, value in fields.items():
+            setattr(self, name, value)
 
 
 class StoreClosedError(AMSStoreError, RuntimeError):
@@ -94,3 +117,19 @@ class ImportSourceError(AMSStoreError, ValueError):
 
 class LineageError(AMSStoreError, RuntimeError):
     """Purging data that a registered model was trained on (pass ``force=True`` to do it anyway)."""
+
+
+class AliasError(AMSStoreError, RuntimeError):
+    """Removing or moving away a version that deployment aliases point to (``force=True`` to do it)."""
+
+
+class DestinationExistsError(InvalidArgumentError):
+    """A copy's destination name is taken; nothing is ever overwritten."""
+
+
+class FileOperationError(AMSStoreError, OSError):
+    """Copying or deleting a user's file failed on disk (full, read-only, permissions)."""
+
+
+class UnsafeFilesystemError(AMSStoreError, RuntimeError):
+    """A writable SQLite store on a network or parallel filesystem, whose locking is unreliable."""

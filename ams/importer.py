@@ -16,7 +16,7 @@ Two kinds of source, detected from what they hold:
 
 The whole source is read and checked before anything is written; then each
 (application, domain, entry, version) group is written in one transaction
-through the adapter, with each record's own metadata. Paths the destination
+through the catalogue, with each record's own metadata. Paths the destination
 already holds are skipped, so a re-run imports nothing twice.
 """
 
@@ -30,12 +30,16 @@ import sqlite3
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from . import _kosh, _validate
+from . import _validate
+from .catalog import Catalog, NewFile, now_string
+from .catalog.records import Dataset
+from .files import fast_sha
+from .keys import ENTRY_TYPES, KOSH_FILE_FIELDS, MIME_TYPES
 from .errors import AMSStoreError, ImportSourceError
 from .url import StoreURL, parse_store_url
 
@@ -140,10 +144,10 @@ class _Problems:
 
 
 # --------------------------------------------------------------------------- entry point
-def import_catalogue(adapter: "_kosh.KoshAdapter", source: Any, application_name: Optional[str],
+def import_catalogue(catalog: Catalog, source: Any, application_name: Optional[str],
                      missing: str, progress: Progress,
-                     mime_types: Mapping[str, str]) -> ImportReport:
-    """Read and check ``source`` whole, then write it into ``adapter``'s store."""
+                     ) -> ImportReport:
+    """Read and check ``source`` whole, then write it into ``catalog``'s store."""
     kind, location, records = read_source(source, application_name)
     if application_name is not None:
         applications = sorted({r.application_name for r in records})
@@ -153,8 +157,8 @@ def import_catalogue(adapter: "_kosh.KoshAdapter", source: Any, application_name
                                     f"{application_name!r} (it holds: "
                                     f"{', '.join(map(repr, applications))})")
     report = ImportReport(location, kind)
-    groups = _plan(adapter, records, missing, report, location, progress)
-    _write(adapter, groups, mime_types, progress)
+    groups = _plan(catalog, records, missing, report, location, progress)
+    _write(catalog, groups, progress)
     totals = report.totals
     LOGGER.info("imported %d record(s) from %s (%s): %d with a missing file, %d already "
                 "registered, %d missing skipped, %d duplicates skipped", totals.imported,
@@ -344,7 +348,7 @@ def _check(problems: _Problems, origin: str, application: Any, domain: Any, entr
     else:
         path = problems.check(origin, lambda: _validate.absolute_path(path, "filename"))
     metadata = problems.check(origin, lambda: _validate.metadata(
-        metadata, _kosh.KOSH_FILE_FIELDS))
+        metadata, KOSH_FILE_FIELDS))
     if len(problems.items) > before:
         return None
     return LegacyRecord(origin, application, domain, entry_type, int(version), path, metadata,
@@ -354,25 +358,22 @@ def _check(problems: _Problems, origin: str, application: Any, domain: Any, entr
 # --------------------------------------------------------------------------- Kosh-era store
 def _read_kosh(url: StoreURL, location: str,
                application_name: Optional[str]) -> List[LegacyRecord]:
-    source = _kosh.KoshAdapter(url, read_only=True)
+    source = Catalog(url, read_only=True)
     try:
         source.open()
-        with source.read() as conn:
-            ensembles = source.ensembles(conn, None)
-            members = source.member_datasets(conn, ensembles)
-            problems = _Problems(location)
-            datasets = []
-            for member in members:
-                origin = f"ensemble {member.ensemble.domain_name!r} dataset {member.id}"
-                if member.name not in _validate.VALID_ENTRIES:
-                    problems.add(origin, f"unknown entry type {member.name!r}")
-                elif isinstance(member.version, bool) or not isinstance(member.version,
-                                                                        numbers.Integral):
-                    problems.add(origin, f"version must be an integer, not {member.version!r}")
-                else:
-                    datasets.append(_kosh.Dataset(member.id, member.ensemble, member.name,
-                                                  int(member.version)))
-            files = source.file_records(conn, datasets)
+        problems = _Problems(location)
+        datasets = []
+        for member in source.member_datasets():
+            origin = f"ensemble {member.ensemble.domain_name!r} dataset {member.id}"
+            if member.name not in ENTRY_TYPES:
+                problems.add(origin, f"unknown entry type {member.name!r}")
+            elif isinstance(member.version, bool) or not isinstance(member.version,
+                                                                    numbers.Integral):
+                problems.add(origin, f"version must be an integer, not {member.version!r}")
+            else:
+                datasets.append(Dataset(member.id, member.ensemble, member.name,
+                                        int(member.version)))
+        files = source.dataset_files(datasets)
     except ImportSourceError:
         raise
     except AMSStoreError as error:
@@ -389,10 +390,9 @@ def _read_kosh(url: StoreURL, location: str,
             problems.add(origin, f"no application: give application_name, or put the store's "
                                  f"{CONFIG_NAME} beside it")
             continue
-        sha = file.raw["data"].get("fast_sha", {}).get("value")
         record = _check(problems, origin, application, ensemble.domain_name,
                         file.dataset.entry_type, file.dataset.version, file.path, file.metadata,
-                        sha if isinstance(sha, str) and sha else None)
+                        file.fast_sha or None)
         if record is not None:
             records.append(record)
     problems.raise_if_any()
@@ -403,9 +403,9 @@ def _read_kosh(url: StoreURL, location: str,
 Group = Tuple[str, str, str, int]
 
 
-def _plan(adapter: "_kosh.KoshAdapter", records: List[LegacyRecord], missing: str,
+def _plan(catalog: Catalog, records: List[LegacyRecord], missing: str,
           report: ImportReport, location: str,
-          progress: Progress) -> Dict[Group, List["_kosh.NewFile"]]:
+          progress: Progress) -> Dict[Group, List[NewFile]]:
     """Decide each record's fate and build the files to write, grouped by version.
 
     Files that exist are checked for their entry's format (HDF5, TorchScript);
@@ -424,12 +424,11 @@ def _plan(adapter: "_kosh.KoshAdapter", records: List[LegacyRecord], missing: st
             continue
         seen[record.path] = record.origin
         unique.append(record)
-    with adapter.read() as conn:
-        taken = adapter.locate(conn, seen)
+    taken = catalog.locate(seen)
     problems = _Problems(location)
-    groups: Dict[Group, List[_kosh.NewFile]] = defaultdict(list)
+    groups: Dict[Group, List[NewFile]] = defaultdict(list)
     bar = _progress_bar(progress, len(unique), "checking")
-    date = _kosh.now_string()
+    date = now_string()
     for done, record in enumerate(unique, 1):
         counts = report.counts(record.application_name, record.domain_name, record.entry_type)
         bar(done)
@@ -452,21 +451,19 @@ def _plan(adapter: "_kosh.KoshAdapter", records: List[LegacyRecord], missing: st
         metadata.setdefault("date", date)
         groups[(record.application_name, record.domain_name, record.entry_type,
                 record.version)].append(
-            _kosh.NewFile(record.path, metadata, record.fast_sha or _kosh.fast_sha(record.path)))
+            NewFile(record.path, metadata, record.fast_sha or fast_sha(record.path)))
     bar(None)
     problems.raise_if_any("holds files that are not of their entry's format")
     return groups
 
 
-def _write(adapter: "_kosh.KoshAdapter", groups: Dict[Group, List["_kosh.NewFile"]],
-           mime_types: Mapping[str, str], progress: Progress) -> None:
+def _write(catalog: Catalog, groups: Dict[Group, List[NewFile]], progress: Progress) -> None:
     """One transaction per application/domain/entry/version group."""
     total = sum(len(files) for files in groups.values())
     bar = _progress_bar(progress, total, "importing")
     done = 0
     for (application, domain, entry_type, version), files in sorted(groups.items()):
-        adapter.add_files(application, domain, entry_type, mime_types[entry_type], files,
-                          version)
+        catalog.add(application, domain, entry_type, MIME_TYPES[entry_type], files, version)
         done += len(files)
         bar(done)
         LOGGER.debug("imported %d file(s) into %s/%s/%s version %d", len(files), application,

@@ -6,10 +6,10 @@ the Kosh dataset object. The facade keeps the argument checks short and
 delegates here; heavy imports (torch, h5py, kosh) happen inside the functions
 that need them, so ``import ams`` stays light.
 
-This module and :mod:`ams.loaders` are the only places besides the adapter
-that touch Kosh: :func:`connect_kosh` opens a plain, read-only Kosh store on
-the same database, because handing out Kosh objects is the point of
-``kosh_dataset``.
+Only :func:`connect_kosh` (and :mod:`ams.loaders`) use Kosh's own API: it
+opens a plain, read-only Kosh store on the same database, because handing out
+Kosh objects is the point of ``kosh_dataset``; which dataset to hand out is
+the catalogue's answer, found by the store.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def load_model(store: "AMSDataStore", domain_name: str,
     (highest ``date``) is loaded and the choice is logged.
     """
     domain_name = _validate.name(domain_name, "domain_name")
-    version = _version_or_latest(version)
+    version = version_or_latest(version)
     entries = store.find(domain_name, entry_type="models", version=version)
     if not entries:
         known = store.get_model_versions(domain_name)
@@ -176,36 +176,12 @@ def connect_kosh(url: StoreURL) -> Any:
     return kosh_store
 
 
-def kosh_dataset(store: "AMSDataStore", kosh_store: Any, domain_name: str, entry: str,
-                 version: VersionOrLatest = "latest") -> Any:
-    """The Kosh dataset of ``entry`` version ``version`` in ``domain_name``.
-
-    Raises :class:`~ams.errors.NotFoundError` naming the known versions when
-    there is no such dataset.
-    """
-    domain_name = _validate.name(domain_name, "domain_name")
-    entry = _validate.entry_type(entry, "entry")
-    version = _version_or_latest(version)
-    adapter = store._require_open()
-    with adapter.read() as conn:
-        datasets = adapter.datasets(conn, adapter.ensembles(conn, store.application_name,
-                                                            [domain_name]), [entry])
-    known = sorted({d.version for d in datasets})
-    wanted = (max(known) if known else None) if version == "latest" else version
-    chosen = [d for d in datasets if d.version == wanted]
-    if not chosen:
-        where = "any version" if version == "latest" else f"version {version}"
-        raise NotFoundError(f"no {entry} dataset of {where} in domain {domain_name!r} of "
-                            f"application {store.application_name!r} ({entry} versions: "
-                            f"{known or 'none'})")
-    if len(chosen) > 1:
-        LOGGER.warning("%d Kosh datasets hold %s version %d of %s; returning %s", len(chosen),
-                       entry, wanted, domain_name, chosen[0].id)
+def kosh_dataset(kosh_store: Any, dataset_id: str) -> Any:
+    """The Kosh dataset ``dataset_id`` (found by the catalogue) from ``kosh_store``."""
     _end_snapshot(kosh_store)
-    found = list(kosh_store.find(id_pool=[chosen[0].id]))
+    found = list(kosh_store.find(id_pool=[dataset_id]))
     if not found:  # pragma: no cover - removed between the two reads
-        raise NotFoundError(f"the {entry} dataset version {wanted} of {domain_name!r} "
-                            "disappeared while it was being opened")
+        raise NotFoundError(f"the Kosh dataset {dataset_id} disappeared while it was being opened")
     return found[0]
 
 
@@ -220,7 +196,7 @@ def _end_snapshot(kosh_store: Any) -> None:
         session.rollback()
 
 
-def _version_or_latest(version: Any) -> VersionOrLatest:
+def version_or_latest(version: Any) -> VersionOrLatest:
     if isinstance(version, str):
         if version != "latest":
             raise InvalidArgumentError(f"version must be an int or 'latest', not {version!r}")

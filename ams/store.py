@@ -1,7 +1,9 @@
 """The facade: :class:`AMSDataStore`, the persistent catalogue of AMS.
 
-It checks every argument, logs what it does and delegates to the Kosh adapter
-(:mod:`ams._kosh`); it never builds queries itself.
+It checks every argument, makes one call to the catalogue (:mod:`ams.catalog`,
+the only code that knows Kosh's tables) and logs what it did; it never builds
+queries and never touches a file itself (files are :mod:`ams.files`'s job,
+driven by the catalogue inside its transactions).
 
 >>> with AMSDataStore("my-app", "sqlite:///ams.db") as store:       # doctest: +SKIP
 ...     store.add_data("EOS", ["run1.h5", "run2.h5"], metadata={"cycle": 3})
@@ -12,16 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _kosh, _match, _validate, importer, notebook
-from .errors import (InvalidArgumentError, InvalidArgumentTypeError, LineageError,
-                     MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError)
+from . import _match, _validate, importer, notebook
+from .catalog import Catalog, NewFile, now_string
+from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
+                     NotFoundError, ReadOnlyStoreError, StoreClosedError)
+from .files import fast_sha
 from .importer import ImportReport
-from .store_types import AMSModelDescr, Entry, VerifyReport
+from .keys import ENTRY_TYPES, MIME_TYPES, RESERVED_KEYS, RESERVED_MODEL_KEYS, SUFFIXES
+from .store_types import AMSModelDescr, VerifyReport
 from .url import StoreURL, parse_store_url
 
 __all__ = ["AMSDataStore", "RemoveReport"]
@@ -29,12 +33,6 @@ __all__ = ["AMSDataStore", "RemoveReport"]
 LOGGER = logging.getLogger(__name__)
 
 VersionSelector = Union[None, str, int, Sequence[int]]
-# Attributes the store sets itself on every entry / every model entry.
-_MODEL_FIELDS = ("path", "threshold", "uq_type", "uq_aggregate", "test_error", "val_error")
-_RESERVED_KEYS = frozenset(_kosh.KOSH_FILE_FIELDS | {"date"})
-# Lineage attributes of a model's entry: the data versions and files it was trained on.
-TRAINED_ON_VERSIONS = "trained_on_data_versions"
-TRAINED_ON_FILES = "trained_on_files"
 
 
 @dataclass
@@ -83,23 +81,28 @@ class AMSDataStore:
     and :meth:`close` must not race with calls in other threads.
     """
 
-    entry_suffix = {"data": "h5", "models": "pt", "candidates": "h5"}
-    entry_mime_types = {"data": "hdf5", "models": "zip", "candidates": "hdf5"}
-    valid_entries = {"data", "candidates", "models"}
+    entry_suffix = dict(SUFFIXES)
+    entry_mime_types = dict(MIME_TYPES)
+    valid_entries = set(ENTRY_TYPES)
     valid_dbs = {"sqlite", "mariadb"}
 
     def __init__(self, application_name: str, url: Union[str, "os.PathLike[str]"],
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, *, allow_network_filesystem: bool = False) -> None:
         """Initializes the AMSDataStore class. Upon init the kosh-store is closed and not connected.
 
         ``url``: ``sqlite:///path.db``, a plain path, or
         ``mariadb://user:password@host:port/database``. ``read_only=True``
         refuses every write (for analysis jobs and notebooks).
+        ``allow_network_filesystem=True`` (or ``AMS_ALLOW_NETWORK_FS=1``) lets a
+        writable SQLite store live on NFS, Lustre, GPFS...: refused by default,
+        since SQLite's locking there is unreliable (use MariaDB).
         """
         self._application_name = _validate.name(application_name, "application_name")
         self._url: StoreURL = parse_store_url(url)
         self._read_only = _validate.boolean(read_only, "read_only")
-        self._adapter: Optional[_kosh.KoshAdapter] = None
+        self._allow_network_filesystem = _validate.boolean(allow_network_filesystem,
+                                                           "allow_network_filesystem")
+        self._catalog: Optional[Catalog] = None
         self._kosh_store: Any = None  # plain Kosh store of kosh_dataset, opened on first use
 
     # ------------------------------------------------------------------ lifecycle
@@ -118,18 +121,24 @@ class AMSDataStore:
 
     def is_open(self) -> bool:
         """Check whether we are connected to a database."""
-        return self._adapter is not None
+        return self._catalog is not None
 
     def open(self) -> "AMSDataStore":
-        """Open and connect to the database, creating the tables if needed; returns self."""
-        if self._adapter is not None:
+        """Open and connect to the database, creating the tables if needed; returns self.
+
+        Loaders are never saved into the store (a pickled loader reference makes
+        every process that cannot import ``ams`` fail in ``kosh.connect``):
+        :meth:`kosh_dataset` registers them on its own Kosh store, and a notebook
+        with plain ``kosh.connect`` calls ``ams.loaders.register_loaders(store)``.
+        """
+        if self._catalog is not None:
             return self
-        adapter = _kosh.KoshAdapter(self._url, read_only=self._read_only)
-        adapter.open()
-        self._adapter = adapter
-        self._register_loaders()
-        if adapter.created:
-            LOGGER.info("created %s in %s", ", ".join(adapter.created), self._url)
+        catalog = Catalog(self._url, read_only=self._read_only,
+                          allow_network_filesystem=self._allow_network_filesystem)
+        catalog.open()
+        self._catalog = catalog
+        if catalog.created:
+            LOGGER.info("created %s in %s", ", ".join(catalog.created), self._url)
         LOGGER.debug("opened %s", self)
         return self
 
@@ -141,9 +150,9 @@ class AMSDataStore:
                 kosh_store.close()
             except Exception as error:  # noqa: BLE001 - closing must not fail the caller
                 LOGGER.warning("closing the Kosh store of %s failed: %s", self._url, error)
-        if self._adapter is not None:
-            self._adapter.close()
-            self._adapter = None
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     def __enter__(self) -> "AMSDataStore":
         return self.open()
@@ -163,26 +172,16 @@ class AMSDataStore:
         """Tables and indexes the last :meth:`open` created (empty for an existing store)."""
         return list(self._require_open().created)
 
-    def _register_loaders(self) -> None:
-        """Deliberately writes nothing: loaders are never saved into the store.
-
-        A saved (pickled) loader reference makes every process that cannot
-        import ``ams`` fail in ``kosh.connect``. ``ams`` itself does not read
-        through Kosh loaders; :meth:`kosh_dataset` registers them on its own
-        Kosh store, and a notebook with plain ``kosh.connect`` calls
-        ``ams.loaders.register_loaders(kosh_store)``.
-        """
-
-    def _require_open(self) -> _kosh.KoshAdapter:
-        if self._adapter is None:
+    def _require_open(self) -> Catalog:
+        if self._catalog is None:
             raise StoreClosedError(f"the store {self._url} is closed; call open() or use 'with'")
-        return self._adapter
+        return self._catalog
 
-    def _require_writable(self) -> _kosh.KoshAdapter:
-        adapter = self._require_open()
+    def _require_writable(self) -> Catalog:
+        catalog = self._require_open()
         if self._read_only:
             raise ReadOnlyStoreError(f"the store {self._url} was opened read-only")
-        return adapter
+        return catalog
 
     # ------------------------------------------------------------------ adding
     def add_data(self, domain_name: str, data_files: Sequence[str] = (), version: Optional[int] = None,
@@ -225,147 +224,120 @@ class AMSDataStore:
         if not isinstance(model, AMSModelDescr):
             raise InvalidArgumentTypeError(f"model must be an AMSModelDescr, not "
                                            f"{type(model).__name__}")
-        errors = {"test_error": test_error, "val_error": val_error}
-        for key, value in errors.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidArgumentTypeError(f"{key} must be a number, not {value!r}")
-        checked = _validate.metadata(metadata, _RESERVED_KEYS | set(_MODEL_FIELDS)
-                                     | {TRAINED_ON_VERSIONS, TRAINED_ON_FILES})
+        errors = {"test_error": _validate.error_value(test_error, "test_error"),
+                  "val_error": _validate.error_value(val_error, "val_error")}
         attributes = _validate.metadata({**model.to_dict(), **errors})
-        lineage = None
-        if trained_on is not None:
-            lineage = self._training_data(domain_name, _validate.data_versions(trained_on))
-        return self._add_entries(domain_name, "models", [model.path], version, checked,
-                                 extra=attributes, prepare=lineage)
-
-    def _training_data(self, domain_name: str,
-                       versions: List[int]) -> Callable[[Any], Dict[str, Any]]:
-        """A reader, run inside the add's transaction, of the lineage attributes.
-
-        Raises :class:`NotFoundError` when a data version does not exist.
-        """
-        adapter = self._require_open()
-
-        def read(conn) -> Dict[str, Any]:
-            ensembles = adapter.ensembles(conn, self._application_name, [domain_name])
-            datasets = adapter.datasets(conn, ensembles, ["data"])
-            existing = sorted({d.version for d in datasets})
-            absent = [v for v in versions if v not in existing]
-            if absent:
-                raise NotFoundError(
-                    f"trained_on: data version(s) {', '.join(map(str, absent))} of domain "
-                    f"{domain_name!r} do not exist (existing: "
-                    f"{', '.join(map(str, existing)) or 'none'})")
-            paths = adapter.dataset_paths(conn, [d for d in datasets if d.version in versions])
-            return {TRAINED_ON_VERSIONS: list(versions),
-                    TRAINED_ON_FILES: sorted(p for group in paths.values() for p in group)}
-        return read
+        training = None if trained_on is None else _validate.data_versions(trained_on)
+        return self._add_entries(domain_name, "models", [model.path], version, metadata,
+                                 extra=attributes, trained_on=training)
 
     def _add_entries(self, domain_name: str, entry_type: str, filenames: Sequence[str],
                      version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
                      extra: Optional[Dict[str, Any]] = None,
                      progress: Optional[Callable[[int, int], None]] = None,
-                     prepare: Optional[Callable[[Any], Dict[str, Any]]] = None) -> int:
+                     trained_on: Optional[List[int]] = None) -> int:
         """Adds files of entry_type on the designated domain_name with one version and metadata.
 
-        ``prepare(conn)``, run inside the write transaction, returns more
-        attributes for every file (lineage).
+        ``trained_on``: data versions whose files the catalogue records on the
+        entries, inside the add's transaction.
         """
-        adapter = self._require_writable()
+        catalog = self._require_writable()
         domain_name = _validate.name(domain_name, "domain_name")
         entry_type = _validate.entry_type(entry_type)
         paths = _validate.unique(_validate.path_list(filenames, "files"), "files")
         if not paths:
             raise InvalidArgumentError(f"no files given to add to {entry_type} of {domain_name!r}")
         version = _validate.optional_version(version)
-        values = _validate.metadata(metadata, _RESERVED_KEYS)
+        values = _validate.metadata(metadata, RESERVED_MODEL_KEYS if entry_type == "models"
+                                    else RESERVED_KEYS)
         values.update(extra or {})
-        values["date"] = _kosh.now_string()
+        values["date"] = now_string()
         files = []
         for path in paths:
-            files.append(self._new_file(path, entry_type, values))
+            _validate.existing_file(path)
+            _validate.file_format(path, entry_type)
+            # One metadata dict shared by the call's files, not 10^5 copies.
+            files.append(NewFile(path, values, fast_sha(path)))
             if progress is not None:
                 progress(len(files), len(paths))
-        def add_prepared(conn) -> None:
-            attributes = prepare(conn)
-            for new in files:
-                new.metadata.update(attributes)
-
-        result = adapter.add_files(self._application_name, domain_name, entry_type,
-                                   self.entry_mime_types[entry_type], files, version,
-                                   precommit=lambda: _still_there(paths),
-                                   prepare=None if prepare is None else add_prepared)
+        result = catalog.add(self._application_name, domain_name, entry_type,
+                             MIME_TYPES[entry_type], files, version, trained_on=trained_on,
+                             precommit=lambda: _still_there(paths))
         LOGGER.info("added %d file(s) to %s/%s version %d", len(files), domain_name,
                     entry_type, result)
         return result
 
-    @staticmethod
-    def _new_file(path: str, entry_type: str, metadata: Dict[str, Any]) -> _kosh.NewFile:
-        _validate.existing_file(path)
-        _validate.file_format(path, entry_type)
-        # One metadata dict shared by the call's files, not 10^5 copies.
-        return _kosh.NewFile(path, metadata, _kosh.fast_sha(path))
-
     # ------------------------------------------------------------------ removing
     def remove_data(self, domain_name: str, filenames: Optional[Sequence[str]],
-                    version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
-                    purge: bool = True, force: bool = False) -> RemoveReport:
-        """Remove files from the data entry (and from the filesystem when ``purge``).
+                    version: VersionSelector = None, metadata: Optional[Mapping[str, Any]] = None,
+                    purge: bool = True, force: bool = False, *,
+                    remove_all: bool = False) -> RemoveReport:
+        """Remove files from the data entry and, by default (``purge=True``), DELETE THEM FROM DISK.
 
-        Purging a file that a registered model was trained on (see
-        ``add_model(trained_on=...)``) raises :class:`ams.errors.LineageError`
+        Purging a file that a registered model of this application was trained on
+        (see ``add_model(trained_on=...)``) raises :class:`ams.errors.LineageError`
         naming the models, and changes nothing, unless ``force=True``.
-        Without ``purge`` the records may go; :meth:`model_lineage` then
-        reports those files as missing.
+        Without ``purge`` the records go and the files stay;
+        :meth:`model_lineage` then reports those files as missing.
         """
         return self._remove_entries(domain_name, "data", filenames, version, metadata, purge,
-                                    force=force)
+                                    force=force, remove_all=remove_all)
 
     def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
-                      version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
-                      purge: bool = True) -> RemoveReport:
-        """Remove models from the models entry (and from the filesystem when ``purge``)."""
-        return self._remove_entries(domain_name, "models", models, version, metadata, purge)
+                      version: VersionSelector = None,
+                      metadata: Optional[Mapping[str, Any]] = None,
+                      purge: bool = True, *, remove_all: bool = False) -> RemoveReport:
+        """Remove models from the models entry and, by default (``purge=True``), delete their files."""
+        return self._remove_entries(domain_name, "models", models, version, metadata, purge,
+                                    remove_all=remove_all)
 
     def remove_candidates(self, domain_name: str, filenames: Optional[Sequence[str]],
-                          version: Optional[int] = None,
+                          version: VersionSelector = None,
                           metadata: Optional[Mapping[str, Any]] = None,
-                          purge: bool = True) -> RemoveReport:
-        """Remove files from the candidates entry (and from the filesystem when ``purge``)."""
-        return self._remove_entries(domain_name, "candidates", filenames, version, metadata, purge)
+                          purge: bool = True, *, remove_all: bool = False) -> RemoveReport:
+        """Remove files from the candidates entry and, by default (``purge=True``), delete them."""
+        return self._remove_entries(domain_name, "candidates", filenames, version, metadata,
+                                    purge, remove_all=remove_all)
 
     def _remove_entries(self, domain_name: str, entry_type: str,
                         filenames: Optional[Sequence[str]], version: VersionSelector = None,
                         metadata: Optional[Mapping[str, Any]] = None,
-                        purge: bool = True, force: bool = False) -> RemoveReport:
-        """Remove the matching records in one transaction; purge files after the commit.
+                        purge: bool = True, force: bool = False,
+                        remove_all: bool = False) -> RemoveReport:
+        """Remove the matching records in one transaction; purge their files after the commit.
 
         ``filenames=None`` removes every file the ``version`` and ``metadata``
-        filters match; ``version="latest"`` means, as in :meth:`search`, the
-        highest version among the matches. Requested paths the entry does not hold are reported in
-        the result and logged as a warning. A file is deleted only when no
-        record of the store still references it; a failed deletion is reported
-        and does not stop the others.
+        filters match, and with neither filter refuses unless ``remove_all=True``.
+        ``version="latest"`` means, as in :meth:`search`, the highest version
+        among the matches, resolved inside the write transaction. Requested
+        paths the entry does not hold are reported and logged as a warning.
+        A purged file is deleted only after the commit, under the write lock,
+        when no record of the store references it any more and its path still
+        leads to the very file that was registered; a failed deletion is
+        reported (``purge_errors``) and does not stop the others.
         """
-        adapter = self._require_writable()
+        catalog = self._require_writable()
         domain_name = _validate.name(domain_name, "domain_name")
         entry_type = _validate.entry_type(entry_type)
         paths = None if filenames is None else _validate.path_list(filenames, "filenames")
         versions = _validate.version_selector(version, "version")
-        matches = _match.compile_conditions(metadata)
+        match = _match.compile_conditions(metadata)
         purge = _validate.boolean(purge, "purge")
         force = _validate.boolean(force, "force")
+        remove_all = _validate.boolean(remove_all, "remove_all")
+        if paths is None and versions is None and not metadata and not remove_all:
+            raise InvalidArgumentError(
+                f"remove_{entry_type}({domain_name!r}, None) with no version and no metadata "
+                f"would remove every {entry_type} file of the domain"
+                + (" and delete them from disk" if purge else "")
+                + "; pass remove_all=True to do that, or name files, a version or metadata")
         if paths is not None and not paths:
             return RemoveReport()
-        if versions == "latest":
-            # As in search: the highest version among the entries the filters match.
-            found = self._entries(domain_name, entry_type, "latest", metadata, paths)
-            versions = sorted({entry["version"] for entry in found})
-        guard = self._lineage_guard if purge and not force and entry_type == "data" else None
-        result = adapter.remove_files(self._application_name, domain_name, entry_type,
-                                      lambda record: matches(record.metadata), versions, paths,
-                                      guard=guard)
-        report = RemoveReport(removed=sorted(r.path for r in result.removed))
+        outcome = catalog.remove(self._application_name, domain_name, entry_type, paths,
+                                 versions, match, purge,
+                                 guard_lineage=purge and not force and entry_type == "data")
+        report = RemoveReport(removed=outcome.removed, purged=outcome.purged,
+                              purge_errors=outcome.purge_errors)
         if paths is not None:
             report.not_found = sorted(set(paths) - set(report.removed))
             if report.not_found:
@@ -374,37 +346,8 @@ class AMSDataStore:
                                "" if version is None else f" version {version}",
                                ", ".join(report.not_found[:5]))
         LOGGER.info("removed %d file(s) from %s/%s", len(report.removed), domain_name, entry_type)
-        report.kept = sorted(set(report.removed) & result.still_referenced)
-        if purge:
-            self._purge([p for p in report.removed if p not in result.still_referenced], report)
+        report.kept = sorted(set(report.removed) & outcome.still_referenced)
         return report
-
-    def _lineage_guard(self, conn, records: Sequence[_kosh.FileRecord]) -> None:
-        """Refuse (inside the remove's transaction) to purge files models were trained on."""
-        users = self._require_open().files_listing(conn, TRAINED_ON_FILES,
-                                                   [r.path for r in records])
-        if not users:
-            return
-        files = sorted({path for _where, matched in users.values() for path in matched})
-        models = "; ".join(f"{model!r} ({where})" for model, (where, _m) in sorted(users.items()))
-        raise LineageError(
-            f"refusing to purge {len(files)} data file(s) that {len(users)} registered "
-            f"model(s) were trained on: {models}; files: "
-            + ", ".join(map(repr, files[:5])) + (" ..." if len(files) > 5 else "")
-            + ". Remove those models first, remove with purge=False, or pass force=True "
-              "(ams-store remove --force)")
-
-    @staticmethod
-    def _purge(paths: Sequence[str], report: RemoveReport) -> None:
-        for path in paths:
-            try:
-                os.remove(path)
-                report.purged.append(path)
-            except FileNotFoundError:
-                LOGGER.debug("purge: %s was already gone", path)
-            except OSError as error:
-                report.purge_errors[path] = str(error)
-                LOGGER.error("purge: could not delete %s: %s", path, error)
 
     # ------------------------------------------------------------------ checking
     def verify(self, domain_name: Optional[str] = None, repair: bool = False) -> VerifyReport:
@@ -424,34 +367,39 @@ class AMSDataStore:
         """
         domain_name = _validate.optional_name(domain_name, "domain_name")
         repair = _validate.boolean(repair, "repair")
-        adapter = self._require_writable() if repair else self._require_open()
-        with adapter.read() as conn:
-            records = adapter.application_files(conn, self._application_name, domain_name,
-                                                keep_raw=False)
+        catalog = self._require_writable() if repair else self._require_open()
+        records = catalog.records(self._application_name, domain_name)
         report = VerifyReport(checked=len(records))
         for record in records:
-            described = _entry(record).to_dict()
-            del described["metadata"]
+            described = {"id": record.id,
+                         "application_name": record.dataset.ensemble.application_name,
+                         "domain_name": record.dataset.ensemble.domain_name,
+                         "filename": record.path, "entry_type": record.dataset.entry_type,
+                         "version": record.dataset.version}
             if not os.path.isfile(record.path):
                 report.missing.append(described)
                 continue
             if record.fast_sha is None:
                 continue
             try:
-                current = _kosh.fast_sha(record.path)
+                current = fast_sha(record.path)
             except OSError as error:
                 report.unreadable.append({**described, "error": str(error)})
                 continue
             if current != record.fast_sha:
                 report.changed.append({**described, "registered_fast_sha": record.fast_sha,
                                        "current_fast_sha": current})
+        unfinished = catalog.unfinished(self._application_name)
+        report.stray_copies, report.unpurged = unfinished.stray_copies, unfinished.unpurged
         if repair and report.missing:
-            gone = {entry["id"] for entry in report.missing}
-            result = adapter.remove_where(
-                self._application_name, domain_name,
-                lambda record: record.id in gone and not os.path.isfile(record.path))
-            report.repaired = sorted(record.path for record in result.removed)
+            report.repaired = catalog.drop_missing(self._application_name, domain_name,
+                                                   {entry["id"] for entry in report.missing})
             LOGGER.info("verify: dropped %d record(s) of missing files", len(report.repaired))
+        if repair and (report.stray_copies or report.unpurged):
+            removed, outcome = catalog.finish_unfinished(self._application_name)
+            report.cleaned = sorted(set(removed) | set(outcome.purged))
+            LOGGER.info("verify: removed %d stray copy(ies), finished %d purge(s)",
+                        len(removed), len(outcome.purged))
         if not report.ok:
             LOGGER.warning("verify: %d record(s) checked, %d missing, %d changed, %d unreadable",
                            report.checked, len(report.missing), len(report.changed),
@@ -479,26 +427,14 @@ class AMSDataStore:
         ``only`` (None, "latest" or a list of versions, already checked) limits
         which versions' files are read.
         """
-        adapter = self._require_open()
+        catalog = self._require_open()
         domain_name = _validate.name(domain_name, "domain_name")
         entry_type = _validate.entry_type(entry_type)
         associate_files = _validate.boolean(associate_files, "associate_files")
-        with adapter.read() as conn:
-            datasets = adapter.datasets(conn, adapter.ensembles(conn, self._application_name,
-                                                                [domain_name]), [entry_type])
-            if not associate_files:
-                return sorted({d.version for d in datasets})
-            if only == "latest" and datasets:
-                top = max(d.version for d in datasets)
-                datasets = [d for d in datasets if d.version == top]
-            elif only is not None and only != "latest":
-                wanted = set(only)
-                datasets = [d for d in datasets if d.version in wanted]
-            paths = adapter.dataset_paths(conn, datasets)
-        out: Dict[int, List[str]] = {}
-        for dataset in datasets:
-            out.setdefault(dataset.version, []).extend(paths[dataset.id])
-        return {v: sorted(out[v]) for v in sorted(out)}
+        if not associate_files:
+            return catalog.versions(self._application_name, domain_name, entry_type)
+        return catalog.files_by_version(self._application_name, domain_name, entry_type,
+                                        only=only)
 
     def get_files(self, domain_name: str, entry: str, versions: VersionSelector = None) -> List[str]:
         """Returns a list of paths to files for the specified version(s).
@@ -557,32 +493,17 @@ class AMSDataStore:
     def _entries(self, domain_name: Optional[str], entry_type: Optional[str],
                  version: Union[None, int, str], metadata: Any,
                  paths: Optional[List[str]]) -> List[Dict[str, Any]]:
-        adapter = self._require_open()
+        catalog = self._require_open()
         domain_name = _validate.optional_name(domain_name, "domain_name")
         if entry_type is not None:
             entry_type = _validate.entry_type(entry_type)
         latest = isinstance(version, str) and version == "latest"
-        exact = None if version is None or latest else _validate.version(version)
+        selector: Union[None, int, str] = "latest" if latest else (
+            None if version is None else _validate.version(version))
         conditions = _match.parse_conditions(metadata)
-        matches = _match.matcher(conditions)
-        with adapter.read() as conn:
-            ensembles = adapter.ensembles(conn, self._application_name,
-                                          None if domain_name is None else [domain_name])
-            datasets = adapter.datasets(conn, ensembles,
-                                        None if entry_type is None else [entry_type])
-            if exact is not None:
-                datasets = [d for d in datasets if d.version == exact]
-            records = adapter.file_records(conn, datasets, paths, conditions, keep_raw=False)
-        records = [r for r in records if matches(r.metadata)]
-        if latest:
-            top: Dict[Any, int] = {}
-            for r in records:
-                key = (r.dataset.ensemble.domain_name, r.dataset.entry_type)
-                top[key] = max(top.get(key, r.dataset.version), r.dataset.version)
-            records = [r for r in records
-                       if r.dataset.version == top[(r.dataset.ensemble.domain_name,
-                                                    r.dataset.entry_type)]]
-        return [_entry(r).to_dict() for r in records]
+        entries = catalog.entries(self._application_name, domain_name, entry_type, selector,
+                                  conditions, _match.matcher(conditions), paths)
+        return [entry.to_dict() for entry in entries]
 
     # ------------------------------------------------------------------ lineage
     def model_lineage(self, domain_name: str, version: Union[int, str]) -> Dict[str, Any]:
@@ -599,34 +520,11 @@ class AMSDataStore:
         >>> store.model_lineage("EOS", "latest")["missing"]       # doctest: +SKIP
         []
         """
-        adapter = self._require_open()
+        catalog = self._require_open()
         domain_name = _validate.name(domain_name, "domain_name")
         latest = isinstance(version, str) and version == "latest"
-        wanted = None if latest else _validate.version(version)
-        with adapter.read() as conn:
-            ensembles = adapter.ensembles(conn, self._application_name, [domain_name])
-            datasets = adapter.datasets(conn, ensembles, ["models"])
-            existing = sorted({d.version for d in datasets})
-            if latest and existing:
-                wanted = existing[-1]
-            if wanted not in existing:
-                raise NotFoundError(f"no models version {version!r} in domain {domain_name!r} "
-                                    f"(existing: {', '.join(map(str, existing)) or 'none'})")
-            models = adapter.file_records(conn, [d for d in datasets if d.version == wanted])
-            trained = {p for m in models for p in m.metadata.get(TRAINED_ON_FILES, [])}
-            data = adapter.datasets(conn, ensembles, ["data"])
-            registered = {r.path for r in adapter.file_records(conn, data, trained)}
-        out: Dict[str, Any] = {"domain_name": domain_name, "version": wanted, "models": []}
-        for model in models:
-            files = model.metadata.get(TRAINED_ON_FILES, [])
-            out["models"].append({
-                "filename": model.path,
-                "data_versions": list(model.metadata.get(TRAINED_ON_VERSIONS, [])),
-                "present": [p for p in files if p in registered],
-                "missing": [p for p in files if p not in registered]})
-        for key in ("data_versions", "present", "missing"):
-            out[key] = sorted({item for model in out["models"] for item in model[key]})
-        return out
+        return catalog.lineage(self._application_name, domain_name,
+                               "latest" if latest else _validate.version(version))
 
     # ------------------------------------------------------------------ importing
     def import_from(self, source: Union[str, "os.PathLike[str]"],
@@ -653,30 +551,36 @@ class AMSDataStore:
         >>> store.import_from("old/ams_config.json").to_dict()["imported"]  # doctest: +SKIP
         120
         """
-        adapter = self._require_writable()
+        catalog = self._require_writable()
         application_name = _validate.optional_name(application_name, "application_name")
         if missing not in ("import", "skip"):
             raise InvalidArgumentError(f"missing must be 'import' or 'skip', not {missing!r}")
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise InvalidArgumentTypeError(f"progress must be None, a bool or a callable, "
                                            f"not {type(progress).__name__}")
-        return importer.import_catalogue(adapter, source, application_name, missing, progress,
-                                         self.entry_mime_types)
+        return importer.import_catalogue(catalog, source, application_name, missing, progress)
 
     # ------------------------------------------------------------------ moving
     def move(self, domain_name: str, dest_root_path: Union[str, "os.PathLike[str]"],
              src_type: str, dest_type: str, filenames: Sequence[str],
-             version: Optional[int] = None) -> List[str]:
+             version: Optional[int] = None, *, copy: bool = True) -> List[str]:
         """Move registered files from ``src_type`` to ``dest_type`` (e.g. candidates -> data).
 
         Copies each file into ``dest_root_path``, registers the copies in one
         version of ``dest_type`` (a new one unless ``version``) with their
         metadata, removes the sources from ``src_type`` and deletes the source
-        files. Fails before changing anything when a destination exists; if
-        the database step fails, the copies are deleted and nothing changed.
-        Returns the new paths.
+        files. A copy is written under a temporary name and linked into place
+        without replacing anything, so an existing destination (also one made
+        by a concurrent move) is an error and is never overwritten. If anything
+        fails before the database commit, exactly the copies and folders this
+        call made are removed and the store is unchanged; after the commit the
+        copies stay registered whatever happens. Returns the new paths.
+
+        ``copy=False`` promotes in place: the same paths change entry in one
+        transaction, metadata kept, nothing on disk touched
+        (``dest_root_path`` must then be the files' own folder).
         """
-        adapter = self._require_writable()
+        catalog = self._require_writable()
         domain_name = _validate.name(domain_name, "domain_name")
         src_type = _validate.entry_type(src_type, "src_type")
         dest_type = _validate.entry_type(dest_type, "dest_type")
@@ -687,49 +591,34 @@ class AMSDataStore:
             raise InvalidArgumentError("no files given to move")
         dest_root = _validate.absolute_path(dest_root_path, "dest_root_path")
         version = _validate.optional_version(version)
-        ancestor = dest_root  # the folder or its nearest existing parent must be a directory
-        while not os.path.lexists(ancestor):
-            ancestor = os.path.dirname(ancestor)
-        if not os.path.isdir(ancestor):
-            raise InvalidArgumentError(f"dest_root_path is not a directory: {dest_root!r}"
-                                       + ("" if ancestor == dest_root else f" ({ancestor!r} is not)"))
-        targets = [os.path.join(dest_root, os.path.basename(src)) for src in sources]
-        _validate.unique(targets, "destination names")
-        for src, target in zip(sources, targets):
+        copy = _validate.boolean(copy, "copy")
+        if copy:
+            targets = _validate.move_targets(sources, dest_root)
+        else:
+            outside = [src for src in sources if os.path.dirname(src) != dest_root]
+            if outside:
+                raise InvalidArgumentError(
+                    f"copy=False moves files in place: dest_root_path must be their folder "
+                    f"{os.path.dirname(outside[0])!r}, not {dest_root!r}")
+            targets = list(sources)
+        for src in sources:
             _validate.existing_file(src)
-            if os.path.lexists(target):
-                raise InvalidArgumentError(f"destination already exists: {target!r}")
             _validate.file_format(src, dest_type)
         registered = {r["filename"] for r in self._entries(domain_name, src_type, None, {}, sources)}
         missing = [src for src in sources if src not in registered]
         if missing:
             raise NotFoundError(f"not registered as {src_type} of domain {domain_name!r}: "
-                                + ", ".join(map(repr, missing)))
-        made_dir = not os.path.isdir(dest_root)
-        copies: List[str] = []
-        try:
-            os.makedirs(dest_root, exist_ok=True)
-            moves = []
-            for src, target in zip(sources, targets):
-                shutil.copy2(src, target)
-                copies.append(target)
-                moves.append((src, _kosh.NewFile(target, {}, _kosh.fast_sha(target))))
-            new_version, result = adapter.move_files(
-                self._application_name, domain_name, src_type, dest_type,
-                self.entry_mime_types[dest_type], moves, version, _kosh.now_string())
-        except BaseException:
-            for copy in copies:
-                _silently_remove(copy)
-            if made_dir:
-                try:
-                    os.rmdir(dest_root)
-                except OSError:
-                    pass
-            raise
-        report = RemoveReport(removed=sorted(r.path for r in result.removed))
-        self._purge([p for p in report.removed if p not in result.still_referenced], report)
-        LOGGER.info("moved %d file(s) of %s from %s to %s version %d", len(targets),
-                    domain_name, src_type, dest_type, new_version)
+                                + ", ".join(map(repr, missing)), paths=missing)
+        new_version, outcome = catalog.move(
+            self._application_name, domain_name, src_type, dest_type, MIME_TYPES[dest_type],
+            list(zip(sources, targets)), version, copy=copy,
+            make_folder=dest_root if copy else None)
+        if outcome.purge_errors:
+            LOGGER.warning("move: %d source file(s) were not deleted: %s",
+                           len(outcome.purge_errors), "; ".join(
+                               f"{path}: {why}" for path, why in outcome.purge_errors.items()))
+        LOGGER.info("moved %d file(s) of %s from %s to %s version %d%s", len(targets),
+                    domain_name, src_type, dest_type, new_version, "" if copy else " in place")
         return targets
 
     # ------------------------------------------------------------------ notebooks
@@ -769,10 +658,19 @@ class AMSDataStore:
 
         >>> store.kosh_dataset("EOS", "data", 1).list_features()   # doctest: +SKIP
         """
-        self._require_open()
+        catalog = self._require_open()
+        domain_name = _validate.name(domain_name, "domain_name")
+        entry = _validate.entry_type(entry, "entry")
+        version = notebook.version_or_latest(version)
+        dataset_id, known = catalog.dataset_id(self._application_name, domain_name, entry, version)
+        if dataset_id is None:
+            where = "any version" if version == "latest" else f"version {version}"
+            raise NotFoundError(f"no {entry} dataset of {where} in domain {domain_name!r} of "
+                                f"application {self._application_name!r} ({entry} versions: "
+                                f"{known or 'none'})", versions=known)
         if self._kosh_store is None:
             self._kosh_store = notebook.connect_kosh(self._url)
-        return notebook.kosh_dataset(self, self._kosh_store, domain_name, entry, version)
+        return notebook.kosh_dataset(self._kosh_store, dataset_id)
 
     # ------------------------------------------------------------------ names
     def suggest_model_file_name(self, domain_name: Optional[str] = None) -> str:
@@ -796,23 +694,8 @@ class AMSDataStore:
         return f"{prefix}_{uuid.uuid4().hex}.{self.entry_suffix[entry]}"
 
 
-def _entry(record: _kosh.FileRecord) -> Entry:
-    dataset = record.dataset
-    return Entry(id=record.id, application_name=dataset.ensemble.application_name,
-                 domain_name=dataset.ensemble.domain_name, filename=record.path,
-                 entry_type=dataset.entry_type, version=dataset.version,
-                 metadata=record.metadata)
-
-
 def _still_there(paths: Sequence[str]) -> None:
     """Raise if a file vanished between the checks and the commit."""
     for path in paths:
         if not os.path.isfile(path):
             raise MissingFileError(f"file disappeared before it could be registered: {path!r}")
-
-
-def _silently_remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError as error:
-        LOGGER.error("could not delete the copy %s: %s", path, error)

@@ -119,6 +119,10 @@ class VerifyReport:
     what was registered (Kosh's ``fast_sha``), with ``registered_fast_sha`` and
     ``current_fast_sha``. ``unreadable``: entries whose file exists but could not
     be read (``error``). ``repaired``: paths whose records ``repair=True`` dropped.
+    ``stray_copies``: unregistered copies a killed ``move`` left in its
+    destination; ``unpurged``: files a killed ``move`` or purge should have
+    deleted (no record holds them any more); ``cleaned``: what ``repair=True``
+    removed of those two.
     Each entry is a dict with ``id``, ``application_name``, ``domain_name``,
     ``entry_type``, ``version`` and ``filename``.
     """
@@ -128,17 +132,23 @@ class VerifyReport:
     changed: List[Dict[str, Any]] = field(default_factory=list)
     unreadable: List[Dict[str, Any]] = field(default_factory=list)
     repaired: List[str] = field(default_factory=list)
+    stray_copies: List[str] = field(default_factory=list)
+    unpurged: List[str] = field(default_factory=list)
+    cleaned: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every record matches its file (a missing one counts once repaired)."""
-        repaired = set(self.repaired)
+        """True when every record matches its file (a missing one counts once repaired) and
+        no killed move or purge left files behind (or they were cleaned)."""
+        repaired, cleaned = set(self.repaired), set(self.cleaned)
         return (not self.changed and not self.unreadable
-                and all(entry["filename"] in repaired for entry in self.missing))
+                and all(entry["filename"] in repaired for entry in self.missing)
+                and all(path in cleaned for path in self.stray_copies + self.unpurged))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked,
                 "missing": [dict(entry) for entry in self.missing],
                 "changed": [dict(entry) for entry in self.changed],
                 "unreadable": [dict(entry) for entry in self.unreadable],
-                "repaired": list(self.repaired)}
+                "repaired": list(self.repaired), "stray_copies": list(self.stray_copies),
+                "unpurged": list(self.unpurged), "cleaned": list(self.cleaned)}

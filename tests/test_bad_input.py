@@ -363,7 +363,7 @@ def waiting_for_the_lock(store: AMSDataStore) -> Callable[[], bool]:
             if statement.startswith("BEGIN IMMEDIATE"):
                 seen.set()
 
-        event.listen(store._adapter.engine, "checkout",
+        event.listen(store._catalog.engine, "checkout",
                      lambda dbapi_connection, record, proxy:
                      dbapi_connection.set_trace_callback(trace))
         return seen.is_set

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ams import _match, _validate
-from ams._kosh import fast_sha
+from ams.files import fast_sha
 from ams.errors import BackendError, WrongFileFormatError
 
 from conftest import rejected
@@ -211,7 +211,7 @@ def test_a_dataset_record_over_max_allowed_packet_is_refused(store, backend, mak
     store.add_data("EOS", first)
     more = [make_h5() for _ in range(20)]
     per_file = 2 * len(more[0]) + 120          # what one file adds to the record, roughly
-    store._adapter._max_packet = 10 * per_file  # as if the server allowed statements this long
+    store._catalog._context.max_packet = 10 * per_file  # as if the server allowed statements this long
     guard = unchanged()
     rejected(guard, BackendError, RuntimeError, "spread the files over several versions",
              store.add_data, "EOS", more)            # refused before anything is written

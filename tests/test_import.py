@@ -14,7 +14,7 @@ import sqlite3
 import pytest
 
 from ams import AMSDataStore
-from ams._kosh import fast_sha
+from ams.files import fast_sha
 from ams.errors import ImportSourceError, InvalidArgumentError
 
 from conftest import snapshot_store
@@ -174,10 +174,8 @@ def test_missing_files_skipped_then_imported(store, tmp_path, make_h5, unchanged
     assert set(found) == {present, *gone}
     assert (found[gone[1]]["entry_type"], found[gone[1]]["metadata"]["k"]) == ("models", 3)
     assert store.get_data_files("EOS", 1) == sorted([present, gone[0]])
-    with store._adapter.read() as conn:  # Kosh's own attribute, which find() leaves out
-        ensembles = store._adapter.ensembles(conn, "app", ["EOS"])
-        shas = {r.path: r.raw["data"]["fast_sha"]["value"]
-                for r in store._adapter.file_records(conn, store._adapter.datasets(conn, ensembles))}
+    # Kosh's own attribute, which find() leaves out
+    shas = {r.path: r.fast_sha for r in store._catalog.records("app", "EOS")}
     # What Kosh itself stores for a missing path, so that verification reports it missing.
     assert (shas[gone[0]], shas[present]) == (fast_sha(gone[0]), fast_sha(present))
     checked = store.verify("EOS")
@@ -321,10 +319,8 @@ def test_kosh_era_checksum_kept_and_duplicate_path_skipped(store, kosh_era):
         (2, 1, 1)
     found = entries_by_path(store)
     assert (found[shared]["version"], found[gone]["version"]) == (0, 1)
-    with store._adapter.read() as conn:  # Kosh's own attribute, which find() leaves out
-        ensembles = store._adapter.ensembles(conn, "app", ["app"])
-        shas = {r.path: r.raw["data"]["fast_sha"]["value"]
-                for r in store._adapter.file_records(conn, store._adapter.datasets(conn, ensembles))}
+    # Kosh's own attribute, which find() leaves out
+    shas = {r.path: r.fast_sha for r in store._catalog.records("app", "app")}
     assert shas[shared] != fast_sha(shared)  # the old store's checksum, not today's
     assert shas[gone] == fast_sha(gone)      # what Kosh computes for a missing path
 

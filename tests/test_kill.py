@@ -144,13 +144,16 @@ def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
     before = snapshot_store(store.url)
     child = context().Process(target=_move, args=(store_url, sources, str(dest)))
     child.start()
+    writing = in_transaction(store)
     condition = {"copying": _dest_has_a_copy(dest),
-                 "transaction": in_transaction(store),
+                 # the main transaction: after every copy is in place
+                 "transaction": lambda: (dest.is_dir() and len(os.listdir(dest)) >= MOVE_FILES
+                                         and writing()),
                  "purging": _source_purged(sorted(sources)[0])}[phase]
     try:
         waited = kill_when(child, condition, f"the move's {phase}")
     finally:
-        getattr(condition, "close", lambda: None)()
+        getattr(writing, "close", lambda: None)()
     candidates, data = recorded(store, "candidates"), recorded(store, "data")
     LOGGER.info("move of %d files killed in its %s after %.1f s: %d candidates, %d data "
                 "recorded; %d sources and %d copies on disk", MOVE_FILES, phase, waited,
@@ -159,8 +162,21 @@ def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
     # All or nothing: every source still a candidate, or every copy in data.
     assert (candidates, data) in ((sorted(sources), []), ([], sorted(targets))), (
         len(candidates), len(data))
-    if candidates:
+    if candidates:  # the store as before, but the killed move's copy intents
+        after = snapshot_store(store.url)
+        assert {**after, "ams_file_intent": []} == {**before, "ams_file_intent": []}
+        # verify explains what the killed move left on disk, and repair removes it
+        report = store.verify()
+        left = sorted(str(p) for p in dest.iterdir()) if dest.is_dir() else []
+        assert sorted(report.stray_copies) == left  # copies and partial copies
+        assert report.ok == (not left)
+        repaired = store.verify(repair=True)
+        assert repaired.ok and sorted(repaired.cleaned) == sorted(report.stray_copies)
+        assert not dest.is_dir() or list(dest.iterdir()) == []  # partial copies too
         assert snapshot_store(store.url) == before
+    else:  # committed: verify finishes a purge the kill interrupted
+        report = store.verify(repair=True)
+        assert report.ok and not any(os.path.exists(src) for src in sources)
     # Nothing recorded is missing on disk; no source is both unrecorded and deleted.
     assert all(os.path.isfile(path) for path in candidates + data)
     for src, target in zip(sources, targets):
@@ -172,7 +188,7 @@ def test_move_killed_at_any_point(store, store_url, tmp_path, make_h5, phase):
     # The store takes the next move (the stray copies of a killed copy phase aside).
     with AMSDataStore("app", store_url) as again:
         if candidates:
-            shutil.rmtree(dest)
+            shutil.rmtree(dest, ignore_errors=True)
             moved = again.move("EOS", dest, "candidates", "data", sources[:2])
             assert again.get_data_files("EOS") == moved
         else:

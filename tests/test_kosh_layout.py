@@ -66,10 +66,10 @@ def prepare_for_plain_kosh(url: StoreURL) -> None:
     if url.backend == "sqlite":
         os.makedirs(os.path.dirname(url.path), exist_ok=True)
         return
-    from ams import _sina_schema
+    from ams.catalog import schema
     engine = sa.create_engine(url.sqlalchemy_url(), poolclass=sa.pool.NullPool)
     try:
-        _sina_schema.create_tables(engine)
+        schema.create_tables(engine)
     finally:
         engine.dispose()
 
@@ -259,7 +259,8 @@ def _all_rows(url: StoreURL) -> Dict[str, List[Dict[str, Any]]]:
             quote = conn.dialect.identifier_preparer.quote
             return {name: [dict(row._mapping) for row in
                            conn.execute(sa.text(f"SELECT * FROM {quote(name)}"))]
-                    for name in sa.inspect(conn).get_table_names()}
+                    for name in sa.inspect(conn).get_table_names()
+                    if not name.startswith("ams_")}  # ams's own tables: not Kosh's layout
     finally:
         engine.dispose()
 

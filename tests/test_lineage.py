@@ -98,7 +98,7 @@ def test_purge_of_training_data_is_refused(store, trained, unchanged):
                                            r"entry 'models', version 1\).*force=True"):
         store.remove_data("EOS", trained["v2"])
     with pytest.raises(LineageError, match="refusing to purge 3 data file"):
-        store.remove_data("EOS", None)  # everything the filters match
+        store.remove_data("EOS", None, remove_all=True)  # everything of the entry
     with pytest.raises(RuntimeError):
         store.remove_data("EOS", None, version=1)
     guard.check()

@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple
 import pytest
 
 from ams import AMSDataStore
-from ams._kosh import CONNECT_TIMEOUT_SECONDS
+from ams.catalog import CONNECT_TIMEOUT_SECONDS
 from ams.errors import BackendError
 from conftest import _server_params, mariadb_admin, snapshot_store
 

@@ -1,4 +1,4 @@
-"""Tests of ams._sina_schema.create_tables on SQLite and on MariaDB.
+"""Tests of ams.catalog.schema.create_tables on SQLite and on MariaDB.
 
 MariaDB tests use a fresh database ``ams_test_schema_<hex>`` each, dropped afterwards.
 They are skipped when no server answers at AMS_TEST_MARIADB_URL (default
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import NullPool
 from sina.datastores import sql_schema
 
-from ams._sina_schema import MARIADB_COLLATION, create_tables
+from ams.catalog.schema import MARIADB_COLLATION, create_tables
 
 MARIADB_SERVER = os.environ.get("AMS_TEST_MARIADB_URL", "mysql+mysqlconnector://root:@127.0.0.1:3306")
 SINA_TABLES = set(sql_schema.Base.metadata.tables)

@@ -68,7 +68,7 @@ def test_remove_by_files(store, make_h5, make_model, caplog):
     assert count_records(store, "dataset") == datasets + 1  # both data versions are gone
     assert count_records(store, "file") == files + 1
     assert store.get_data_versions("EMPTY") == [] and store.get_candidate_versions("EMPTY") == [1]
-    assert store.add_data("EMPTY", [make_h5()]) == 1  # versions restart after the max that exists
+    assert store.add_data("EMPTY", [make_h5()]) == 3  # never reused: above every version it had
 
 
 def test_remove_filters(store, make_h5):
@@ -100,10 +100,10 @@ def test_remove_filters(store, make_h5):
     assert report.removed == [f["a1"]]
     assert store.get_data_versions("EOS") == []
     assert store.get_candidate_files("EOS") == [f["c1"]] and store.get_data_files("HYD") == [f["h1"]]
-    report = store.remove_candidates("EOS", None)  # no filter: the whole entry
+    report = store.remove_candidates("EOS", None, remove_all=True)  # the whole entry
     assert report.removed == [f["c1"]] and report.purged == [f["c1"]]
     assert store.get_data_files("HYD") == [f["h1"]]
-    assert store.remove_data("EOS", None).removed == []
+    assert store.remove_data("EOS", None, remove_all=True).removed == []
 
 
 def test_purge(store, store_url, make_h5, monkeypatch, caplog):
@@ -111,16 +111,18 @@ def test_purge(store, store_url, make_h5, monkeypatch, caplog):
     files = [make_h5() for _ in range(3)]
     store.add_data("EOS", files)
     seen_at_delete = {}
-    real_remove = os.remove
+    real_unlink = os.unlink
     with AMSDataStore("app", store_url) as observer:  # another connection
-        def spy(path, *args, **kwargs):
-            if path in files:
-                seen_at_delete[path] = observer.find(filename=path)
-            return real_remove(path, *args, **kwargs)
+        def spy(path, *args, dir_fd=None, **kwargs):
+            full = path if dir_fd is None else os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"),
+                                                            path)
+            if full in files:
+                seen_at_delete[full] = observer.find(filename=full)
+            return real_unlink(path, *args, dir_fd=dir_fd, **kwargs)
 
-        monkeypatch.setattr(os, "remove", spy)
+        monkeypatch.setattr(os, "unlink", spy)
         report = store.remove_data("EOS", files)
-        monkeypatch.setattr(os, "remove", real_remove)
+        monkeypatch.setattr(os, "unlink", real_unlink)
     assert sorted(report.purged) == sorted(files)
     assert seen_at_delete == {path: [] for path in files}  # deleted after the record was committed
     assert not any(os.path.exists(p) for p in files)
@@ -236,7 +238,8 @@ def test_move(store, promoted, make_h5, tmp_path):
     assert store.get_candidate_files("EOS") == [c4]
     # and back: data -> candidates, a new candidates version
     (again,) = store.move("EOS", tmp_path / "back", "data", "candidates", [target])
-    assert store.get_candidate_versions("EOS", True) == {1: [c4], 2: [again]}
+    # (candidates version 1 was emptied by the first move: versions are never reused)
+    assert store.get_candidate_versions("EOS", True) == {2: [c4], 3: [again]}
     assert store.find(filename=again)[0]["metadata"]["cycle"] == 9
     assert not os.path.exists(target) and store.find(filename=target) == []
 

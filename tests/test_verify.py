@@ -47,7 +47,8 @@ def test_a_sound_store_verifies_ok(store, store_url, filled):
     assert report.ok and report.checked == 5
     assert report.missing == report.changed == report.unreadable == report.repaired == []
     assert report.to_dict() == {"ok": True, "checked": 5, "missing": [], "changed": [],
-                                "unreadable": [], "repaired": []}
+                                "unreadable": [], "repaired": [], "stray_copies": [],
+                                "unpurged": [], "cleaned": []}
     assert store.verify("HYD").checked == 1 and store.verify("nowhere").checked == 0
     with AMSDataStore("app", store_url, read_only=True) as reader:  # a reader may verify
         assert reader.verify().ok

@@ -1,4 +1,4 @@
-"""Create the tables Sina (and so Kosh) stores into, on SQLite and on MariaDB.
+"""The database schema: Sina's tables (which Kosh stores into) and ams's own, on SQLite and MariaDB.
 
 Why this exists rather than Sina's own ``create_all``:
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-__all__ = ["create_tables", "MARIADB_COLLATION"]
+__all__ = ["create_tables", "create_own_tables", "MARIADB_COLLATION", "VERSION_MARK", "FILE_INTENT"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ MARIADB_COLLATION = "utf8mb4_nopad_bin"
 URI_PREFIX = 768
 #: Characters of the VARCHAR(15000) ``value`` columns indexed on MariaDB.
 VALUE_PREFIX = 255
+
+#: ams's own tables beside Kosh's (plain Kosh never reads them): the high-water mark
+#: of automatic versions per ensemble and entry type, and the file operations
+#: (copies of a move, purges) that a call started and has not finished.
+VERSION_MARK = "ams_version_mark"
+FILE_INTENT = "ams_file_intent"
 
 # MariaDB "table already exists" and "duplicate key name" error numbers.
 _MARIADB_EXISTS = {1050, 1061}
@@ -88,6 +94,28 @@ def _schema(mariadb: bool) -> sa.MetaData:
     return metadata
 
 
+@functools.lru_cache(maxsize=None)
+def _own_schema(mariadb: bool) -> sa.MetaData:
+    metadata = sa.MetaData()
+    sa.Table(VERSION_MARK, metadata,
+             sa.Column("ensemble_id", sa.String(255), primary_key=True),
+             sa.Column("entry_type", sa.String(255), primary_key=True),
+             sa.Column("high", sa.BigInteger, nullable=False))
+    sa.Table(FILE_INTENT, metadata,
+             sa.Column("id", sa.String(64), primary_key=True),
+             sa.Column("operation", sa.String(32), nullable=False),  # "copy" or "purge"
+             sa.Column("application_name", sa.String(255), nullable=False),
+             sa.Column("path", sa.Text, nullable=False),
+             sa.Column("source", sa.Text, nullable=True),
+             sa.Column("fast_sha", sa.String(64), nullable=True),
+             sa.Column("created", sa.Float, nullable=False))
+    if mariadb:
+        for table in metadata.tables.values():
+            table.dialect_kwargs.update(mysql_engine="InnoDB", mysql_charset="utf8mb4",
+                                        mysql_collate=MARIADB_COLLATION)
+    return metadata
+
+
 def _existing(engine: sa.engine.Engine) -> set[tuple[str, str | None]]:
     """``(table, None)`` and ``(table, index)`` already in the database, in one query."""
     if engine.dialect.name == "sqlite":
@@ -114,10 +142,19 @@ def create_tables(engine: sa.engine.Engine) -> list[str]:
     a statement that fails because another process created the object first
     ("already exists", or a re-check finds it) is not an error.
     """
+    return _create(engine, _schema)
+
+
+def create_own_tables(engine: sa.engine.Engine) -> list[str]:
+    """Create ams's own tables (:data:`VERSION_MARK`, :data:`FILE_INTENT`...) if missing."""
+    return _create(engine, _own_schema)
+
+
+def _create(engine: sa.engine.Engine, schema: "functools._lru_cache_wrapper[sa.MetaData]") -> list[str]:
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "mysql", "mariadb"):
         raise ValueError(f"unsupported database backend {dialect!r}: use SQLite or MariaDB")
-    metadata = _schema(mariadb=dialect != "sqlite")
+    metadata = schema(mariadb=dialect != "sqlite")
     existing = _existing(engine)
     created: list[str] = []
     for table in metadata.sorted_tables:
