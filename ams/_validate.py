@@ -6,17 +6,16 @@ store or any file is touched.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
 import numbers
 import os
 import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from . import formats
+from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError,
+                     InvalidMetadataError, MissingFileError, UnknownEntryTypeError)
 from .keys import ENTRY_TYPES
-from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError, InvalidMetadataError,
-                     MissingFileError, UnknownEntryTypeError, WrongFileFormatError)
 
 MAX_NAME_LENGTH = 255      # Sina's name columns are VARCHAR(255)
 MAX_STRING_LENGTH = 15000  # Sina's string value columns are VARCHAR(15000)
@@ -187,20 +186,8 @@ def existing_file(path: str) -> str:
 
 
 def file_format(path: str, entry: str) -> None:
-    """Data and candidates must be HDF5 files h5py can open; models TorchScript archives.
-
-    The HDF5 check (:func:`hdf5_problem`) reads the superblock itself rather
-    than opening the file with h5py, which costs ~0.5-1 ms per file (minutes
-    for 10^5 files).
-    """
-    if entry == "models":
-        from .loaders.torchscript import is_torchscript_archive
-        if not is_torchscript_archive(path):
-            raise WrongFileFormatError(f"not a TorchScript archive (torch.jit.save): {path!r}")
-        return
-    problem = hdf5_problem(path)
-    if problem is not None:
-        raise WrongFileFormatError(f"not a readable HDF5 file ({problem}): {path!r}")
+    """Data and candidates must be HDF5 files h5py can open; models TorchScript archives."""
+    formats.check_file_format(path, entry)
 
 
 def metadata(value: Any, reserved: Iterable[str] = (), what: str = "metadata") -> Dict[str, Any]:
@@ -319,156 +306,3 @@ def boolean(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentTypeError(f"{what} must be True or False, not {_short(value)}")
     return value
-
-
-# --------------------------------------------------------------------------- HDF5
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_SIZES = (2, 4, 8, 16, 32)     # sizes of offsets and lengths HDF5 accepts
-_SUPERBLOCK_FLAGS = 0x07       # write access, file ok, SWMR write
-
-
-def hdf5_problem(path: str) -> Optional[str]:
-    """Why ``path`` is not an HDF5 file that the HDF5 library would open, or None.
-
-    What ``H5Fopen`` checks before it reads any dataset, from the file's first
-    bytes: the signature (at 0, 512, 1024, 2048... after a user block), the
-    superblock (version, field sizes, flags, checksum of versions 2-3), that
-    the file is not shorter than the end-of-file address the superblock records
-    (truncated copies, killed writers), that no writer holds HDF5's lock on it
-    or left the "open for writing" flag, and that the root group's object
-    header is where the superblock says. Compared with ``h5py.File(path, "r")``
-    on truncated, corrupted, locked, crashed and non-HDF5 files it rejects the
-    same ones; damage deeper in the file (which opening does not read either)
-    is not detected.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as error:
-        return f"cannot open it: {error.strerror}"
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return "not a regular file"
-        locked = _hdf5_lock_problem(fd)
-        if locked:
-            return locked
-        size = info.st_size
-        head = os.pread(fd, 4096, 0)
-        super_addr = 0
-        while True:
-            if super_addr + 8 > size:
-                return "no HDF5 signature"
-            block = (head[super_addr:super_addr + 256] if super_addr + 256 <= len(head)
-                     else os.pread(fd, 256, super_addr))
-            if block[:8] == HDF5_SIGNATURE:
-                break
-            super_addr = 512 if super_addr == 0 else super_addr * 2
-        return _superblock_problem(fd, block, super_addr, size)
-    finally:
-        os.close(fd)
-
-
-def _hdf5_lock_problem(fd: int) -> Optional[str]:
-    """HDF5 (>= 1.10) holds an exclusive flock while a writer has the file open."""
-    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() in ("FALSE", "0"):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fd is closed
-    except BlockingIOError:
-        return "another process has it open for writing (HDF5 file lock)"
-    except OSError as error:  # no locks on this filesystem: HDF5 ignores that too
-        if error.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-            return f"cannot lock it: {error.strerror}"
-    return None
-
-
-def _superblock_problem(fd: int, block: bytes, super_addr: int, size: int) -> Optional[str]:
-    version = block[8] if len(block) > 8 else None
-    try:
-        if version in (0, 1):
-            width = block[13]
-            if width not in _SIZES or block[14] not in _SIZES:
-                return "corrupt superblock (sizes of offsets and lengths)"
-            if any(block[9:13]) or block[15] or _little(block, 20, 4) & ~_SUPERBLOCK_FLAGS:
-                return "corrupt superblock (reserved fields or flags)"
-            start = 24 if version == 0 else 28
-            # base, free space, end of file, driver info, root entry (name offset, header)
-            base, eof, root = (_address(block, start + i * width, width) for i in (0, 2, 5))
-        elif version in (2, 3):
-            width = block[9]
-            if width not in _SIZES or block[10] not in _SIZES:
-                return "corrupt superblock (sizes of offsets and lengths)"
-            end = 12 + 4 * width
-            if _lookup3(block[:end]) != _little(block, end, 4):
-                return "corrupt superblock (checksum mismatch)"
-            if block[11] & ~_SUPERBLOCK_FLAGS:
-                return "corrupt superblock (flags)"
-            if version == 3 and block[11] & 0x01 and not block[11] & 0x04:
-                return ("it is marked open for writing: its writer is running or crashed "
-                        "(h5clear clears the mark)")
-            # base, superblock extension, end of file, root group object header
-            base, eof, root = (_address(block, 12 + i * width, width) for i in (0, 2, 3))
-        else:
-            return f"unknown superblock version {version}"
-    except IndexError:
-        return "truncated superblock"
-    if base is None or eof is None or root is None:
-        return "corrupt superblock (undefined address)"
-    if base != super_addr:  # a user block was added in front: HDF5 moves the addresses
-        eof -= base - super_addr
-        base = super_addr
-    if eof < 0 or size < eof:
-        return f"truncated: {size} bytes, its superblock says {eof}"
-    header = os.pread(fd, 16, base + root)
-    if not (header[:4] == b"OHDR" or (len(header) == 16 and header[0] == 1 and header[1] == 0)):
-        return "corrupt: no root group object header"
-    return None
-
-
-def _little(block: bytes, offset: int, width: int) -> int:
-    if offset + width > len(block):
-        raise IndexError(offset)
-    return int.from_bytes(block[offset:offset + width], "little")
-
-
-def _address(block: bytes, offset: int, width: int) -> Optional[int]:
-    value = _little(block, offset, width)
-    return None if value == (1 << (8 * width)) - 1 else value  # all ones: undefined
-
-
-def _lookup3(data: bytes, initval: int = 0) -> int:
-    """Bob Jenkins' lookup3 ``hashlittle``, HDF5's metadata checksum."""
-    mask = 0xFFFFFFFF
-
-    def rot(x: int, k: int) -> int:
-        return ((x << k) | (x >> (32 - k))) & mask
-
-    length = len(data)
-    a = b = c = (0xDEADBEEF + length + initval) & mask
-    pos = 0
-    while length > 12:
-        a = (a + int.from_bytes(data[pos:pos + 4], "little")) & mask
-        b = (b + int.from_bytes(data[pos + 4:pos + 8], "little")) & mask
-        c = (c + int.from_bytes(data[pos + 8:pos + 12], "little")) & mask
-        a = (a - c) & mask; a ^= rot(c, 4); c = (c + b) & mask    # noqa: E702 - lookup3's mix
-        b = (b - a) & mask; b ^= rot(a, 6); a = (a + c) & mask    # noqa: E702
-        c = (c - b) & mask; c ^= rot(b, 8); b = (b + a) & mask    # noqa: E702
-        a = (a - c) & mask; a ^= rot(c, 16); c = (c + b) & mask   # noqa: E702
-        b = (b - a) & mask; b ^= rot(a, 19); a = (a + c) & mask   # noqa: E702
-        c = (c - b) & mask; c ^= rot(b, 4); b = (b + a) & mask    # noqa: E702
-        pos += 12
-        length -= 12
-    if length == 0:
-        return c
-    tail = data[pos:] + bytes(12 - length)
-    a = (a + int.from_bytes(tail[0:4], "little")) & mask
-    b = (b + int.from_bytes(tail[4:8], "little")) & mask
-    c = (c + int.from_bytes(tail[8:12], "little")) & mask
-    c ^= b; c = (c - rot(b, 14)) & mask    # noqa: E702 - lookup3's final
-    a ^= c; a = (a - rot(c, 11)) & mask    # noqa: E702
-    b ^= a; b = (b - rot(a, 25)) & mask    # noqa: E702
-    c ^= b; c = (c - rot(b, 16)) & mask    # noqa: E702
-    a ^= c; a = (a - rot(c, 4)) & mask     # noqa: E702
-    b ^= a; b = (b - rot(a, 14)) & mask    # noqa: E702
-    c ^= b; c = (c - rot(b, 24)) & mask    # noqa: E702
-    return c

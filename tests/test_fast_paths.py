@@ -13,6 +13,7 @@ import pytest
 from ams import _match, _validate
 from ams.files import fast_sha
 from ams.errors import BackendError, WrongFileFormatError
+from ams.formats import hdf5_problem
 
 from conftest import rejected
 
@@ -52,7 +53,7 @@ def _h5py_opens(path: str) -> bool:
 
 def test_hdf5_check_agrees_with_h5py(tmp_path):
     """On good, truncated, corrupted, foreign and still-being-written files, the
-    superblock check rejects exactly what h5py.File(path, "r") cannot open."""
+    HDF5 check rejects exactly what h5py.File(path, "r") cannot open."""
     plain = _h5(tmp_path / "plain.h5")
     latest = _h5(tmp_path / "latest.h5", libver="latest")
     files = {
@@ -88,7 +89,7 @@ def test_hdf5_check_agrees_with_h5py(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "ready"
         files["being written"] = str(writing)
-        verdicts = {name: (_validate.hdf5_problem(path) is None, _h5py_opens(path))
+        verdicts = {name: (hdf5_problem(path) is None, _h5py_opens(path))
                     for name, path in files.items()}
     finally:
         writer.communicate("")

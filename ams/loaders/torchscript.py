@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections import OrderedDict
 from typing import Any
 
 from kosh.loaders.core import KoshLoader
 
 from ..errors import WrongFileFormatError
+from ..formats import torchscript_problem
 
 __all__ = ["TorchScriptLoader", "is_torchscript_archive", "load_torchscript", "MODEL_FEATURE"]
 
@@ -48,34 +48,14 @@ _WARNED: set[str] = set()
 def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
     """Tell, cheaply and without torch, whether ``path`` is a TorchScript archive.
 
-    Why this rule: ``torch.jit.save`` writes a zip whose members all sit under
-    one top-level folder (the file stem, or ``archive``) and include
-    ``<root>/data.pkl``, ``<root>/constants.pkl`` and ``<root>/code/...``.
-    ``torch.save`` (pickled tensors / state dicts / eager modules) writes the
-    same zip layout *without* ``constants.pkl`` and ``code/``, and
-    ``torch.jit.load`` cannot read those, so all three are required.
-
-    Only the zip central directory is read (no decompression), so the check is
-    O(number of members). A truncated archive loses its central directory and is
-    rejected. Unreadable paths, directories and non-zip files give ``False``.
+    The rule (a zip with ``<root>/data.pkl``, ``<root>/constants.pkl`` and
+    ``<root>/code/``) lives in :func:`ams.formats.torchscript_problem`; this is
+    its yes/no form, kept for the loader and its callers.
     """
-    try:
-        if not os.path.isfile(path):
-            return False
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
-        logger.debug("%s is not a readable zip archive: %s", path, err)
-        return False
-    if not names:
-        return False
-    roots = {name.split("/", 1)[0] for name in names}
-    if len(roots) != 1:
-        return False
-    root = roots.pop()
-    members = set(names)
-    has_code = any(name.startswith(f"{root}/code/") for name in names)
-    return f"{root}/data.pkl" in members and f"{root}/constants.pkl" in members and has_code
+    problem = torchscript_problem(path)
+    if problem is not None:
+        logger.debug("%s is not a TorchScript archive: %s", path, problem)
+    return problem is None
 
 
 def load_torchscript(path: str | os.PathLike[str] | None) -> Any:
