@@ -47,6 +47,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Union
 
+from . import __version__
 from .errors import AMSStoreError, InvalidArgumentError, MissingFileError
 from .store import AMSDataStore
 from .store_types import AMSModelDescr, UQAggregate, UQType
@@ -213,12 +214,12 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
     """No options besides the global ones."""
 
 
-@command("create", "Create the store (its tables) if needed and report what was created.",
-         example=f"{PROG} --url sqlite:///ams/catalogue.db --name my-app create",
+@command("create", "Create the store (its tables) if needed; report whether it was created.",
+         example=f"{PROG} --url sqlite:///ams-store/catalogue.db --name my-app create",
          arguments=_create_arguments)
 def create(store: AMSDataStore, args: argparse.Namespace) -> int:
-    emit({"store": str(store), "application_name": store.application_name,
-          "created": store.created_tables})
+    emit({"url": str(store.url), "application_name": store.application_name,
+          "created": bool(store.created_tables)})
     return 0
 
 
@@ -498,12 +499,13 @@ def verify(store: AMSDataStore, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ plot
 def _plot_arguments(parser: argparse.ArgumentParser) -> None:
     _add_domain(parser)
-    parser.add_argument("--out", required=True, metavar="FILE.png",
-                        help="PNG file to write (its folder is created if needed)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="image to write, its format from the suffix: .png, .pdf or .svg "
+                             "(its folder is created if needed)")
 
 
-@command("plot", "Draw a domain's model errors and data files per version into a PNG "
-                 "(needs matplotlib: the 'plot' extra).",
+@command("plot", "Draw a domain's model errors and data files per version into a PNG, PDF "
+                 "or SVG (needs matplotlib: the 'plot' extra).",
          example=f"{PROG} plot --domain EOS --out eos.png",
          arguments=_plot_arguments, read_only=True)
 def plot(store: AMSDataStore, args: argparse.Namespace) -> int:
@@ -581,10 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"The store URL and application name come from --url/--name or from "
                f"{URL_ENV}/{NAME_ENV}.\nOutput is JSON on stdout. Exit codes: 0 success, "
                f"1 store error (one 'Error:' line on stderr), 2 usage error.\n\n"
-               f"example:\n  export {URL_ENV}=sqlite:///ams/catalogue.db {NAME_ENV}=my-app\n"
+               f"example:\n  export {URL_ENV}=sqlite:///ams-store/catalogue.db {NAME_ENV}=my-app\n"
                f"  {PROG} create && {PROG} add --entry data --domain EOS --file run-1.h5\n"
                f"  {PROG} <command> --help")
     _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version of ams-store and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="command", required=True)
     for spec in COMMANDS.values():
         sub = subparsers.add_parser(

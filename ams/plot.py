@@ -1,9 +1,10 @@
 """A one-glance picture of a domain: model errors per version, data files per version.
 
-:func:`plot_store` draws two panels into one PNG: on the left, per model
-version, the validation and test error of that version's model (markers and
-lines, log scale when the errors span more than a decade); on the right, per
-data version, the number of registered files (bars, with their counts).
+:func:`plot_store` draws two panels into one image (PNG, PDF or SVG, chosen
+by the file's suffix): on the left, per model version, the validation and
+test error of that version's model (markers and lines, log scale when the
+errors span more than a decade); on the right, per data version, the number
+of registered files (bars, with their counts).
 
 matplotlib is an optional extra (``pip install "ams-store[plot]"``) and is
 imported only here. The figure is drawn with the Agg canvas directly, without
@@ -18,12 +19,12 @@ import os
 from typing import TYPE_CHECKING, Any, Dict, List, Tuple, Union
 
 from . import _validate
-from .errors import MissingDependencyError, NotFoundError
+from .errors import InvalidArgumentError, MissingDependencyError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .store import AMSDataStore
 
-__all__ = ["plot_store", "domain_figure"]
+__all__ = ["plot_store", "domain_figure", "IMAGE_FORMATS"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,23 +34,40 @@ BAR_COLOR = "#4E9A8E"
 INK = "#333333"
 MUTED = "#777777"
 _MAX_LABELLED_BARS = 30
+_MAX_TICKED_VERSIONS = 12
+"""Versions spanning fewer than this many numbers get one tick each; wider spans, fewer integers."""
+IMAGE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+"""File suffix -> the format :func:`plot_store` writes; any other suffix is refused."""
 
 
 def plot_store(store: "AMSDataStore", domain_name: str,
                out_path: Union[str, "os.PathLike[str]"]) -> str:
-    """Draw ``domain_name``'s model errors and data files per version into a PNG; return its path.
+    """Draw ``domain_name``'s model errors and data files per version into an image; return its path.
 
-    The PNG's folder is created if needed. See :func:`domain_figure` for what
-    is drawn and what is raised.
+    The format comes from the suffix of ``out_path``: ``.png``, ``.pdf`` or
+    ``.svg`` (any case); any other suffix raises
+    :class:`~ams.errors.InvalidArgumentError` before anything is read or
+    written. The image's folder is created if needed. See
+    :func:`domain_figure` for what is drawn and what else is raised.
 
-    >>> plot_store(store, "EOS", "eos.png")     # doctest: +SKIP
+    >>> plot_store(store, "EOS", "eos.pdf")     # doctest: +SKIP
     """
     out = _validate.absolute_path(out_path, "out_path")
+    image_format = _image_format(out)
     figure = domain_figure(store, domain_name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    figure.savefig(out, format="png", dpi=150)
+    figure.savefig(out, format=image_format, dpi=150)
     LOGGER.info("plotted %s into %s", domain_name, out)
     return out
+
+
+def _image_format(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise InvalidArgumentError(
+            f"cannot tell the image format of {path!r}: out_path must end in "
+            f"{', '.join(IMAGE_FORMATS)} (the format is taken from the suffix)")
+    return IMAGE_FORMATS[suffix]
 
 
 def domain_figure(store: "AMSDataStore", domain_name: str) -> Any:
@@ -102,19 +120,19 @@ def _matplotlib() -> Tuple[Any, Any, Any]:
 
 
 def _figure(title: str, models: Dict[int, List[Tuple[float, float]]], data: Dict[int, int]) -> Any:
-    Figure, FigureCanvasAgg, MaxNLocator = _matplotlib()
+    Figure, FigureCanvasAgg, _ = _matplotlib()
     figure = Figure(figsize=(11, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title, fontsize=14, fontweight="bold", color=INK)
     errors_axes, data_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
     for axes in (errors_axes, data_axes):
-        _style(axes, MaxNLocator)
+        _style(axes)
     _draw_errors(errors_axes, models)
     _draw_data(data_axes, data)
     return figure
 
 
-def _style(axes: Any, MaxNLocator: Any) -> None:
+def _style(axes: Any) -> None:
     for side in ("top", "right"):
         axes.spines[side].set_visible(False)
     for side in ("left", "bottom"):
@@ -122,7 +140,6 @@ def _style(axes: Any, MaxNLocator: Any) -> None:
     axes.tick_params(colors=INK, labelsize=9)
     axes.grid(axis="y", color="#E6E6E6", linewidth=0.8)
     axes.set_axisbelow(True)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
     axes.set_xlabel("version", color=INK)
 
 
@@ -154,10 +171,7 @@ def _draw_errors(axes: Any, models: Dict[int, List[Tuple[float, float]]]) -> Non
     axes.plot([latest], [best[-1][0]], marker="o", markersize=marker_size + 7, color="none",
               markeredgecolor=VAL_COLOR, markeredgewidth=1.2, linestyle="none")
     _corner_note(axes, f"latest: v{latest}, validation {best[-1][0]:.3g}, test {best[-1][1]:.3g}")
-    if len(versions) == 1:
-        axes.set_xlim(latest - 1, latest + 1)
-        axes.set_xticks([latest])
-    axes.margins(x=0.06)
+    _version_axis(axes, versions)
     axes.legend(frameon=False, fontsize=9, loc="best")
 
 
@@ -173,8 +187,26 @@ def _draw_data(axes: Any, data: Dict[int, int]) -> None:
     if len(versions) <= _MAX_LABELLED_BARS:
         axes.bar_label(bars, padding=2, fontsize=8.5, color=INK)
     axes.set_ylim(0, max(counts) * 1.18)
+    _version_axis(axes, versions)
     axes.yaxis.get_major_locator().set_params(integer=True)
     _corner_note(axes, f"{sum(counts)} files in {len(versions)} version(s)")
+
+
+def _version_axis(axes: Any, versions: list[int]) -> None:
+    """Integer ticks only, and room for half a bar on either side, for any number of versions.
+
+    Left alone, matplotlib labels a single version 0.66 ... 1.32: its integer
+    locator gives up when fewer than two integers are in view.
+    """
+    low, high = min(versions), max(versions)
+    pad = max(0.6, (high - low) * 0.03)
+    axes.set_xlim(low - pad, high + pad)
+    if high - low < _MAX_TICKED_VERSIONS:
+        axes.set_xticks(range(low, high + 1))
+    else:
+        MaxNLocator = _matplotlib()[2]
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1,
+                                                 nbins=_MAX_TICKED_VERSIONS))
 
 
 def _corner_note(axes: Any, text: str) -> None:

@@ -2,9 +2,11 @@
 """A real end-to-end run of the catalogue on the embedded SQLite default.
 
 Writes HDF5 training files and a TorchScript model into a folder, registers
-them, promotes a candidate to data, and prints what the store holds.
+them, promotes a candidate to data, and prints what the store holds (JSON on
+stdout). Without --workdir the folder is a new temporary one, named on stderr
+and deleted at the end unless --keep is given.
 
-    python scripts/quickstart.py [--workdir DIR] [--url URL]
+    python scripts/quickstart.py [--workdir DIR | --keep] [--url URL]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -41,15 +44,37 @@ def write_model(path: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", help="folder for the files and the store (default: a new temporary folder)")
-    parser.add_argument("--url", help="store URL (default: sqlite:///<workdir>/store/ams.db)")
+    parser.add_argument("--workdir", help="folder for the files and the store, kept "
+                                          "(default: a new temporary folder, deleted at the end)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (its path is printed on stderr)")
+    parser.add_argument("--url", help="store URL (default: sqlite:///<workdir>/store/ams.db); "
+                                      "its files live in the work folder, so keep that "
+                                      "folder (--workdir or --keep) with your own store")
     args = parser.parse_args(argv)
+    if args.workdir and args.keep:
+        parser.error("--keep is for the temporary folder; a --workdir is always kept")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    temporary = args.workdir is None
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="ams-quickstart-"))
-    os.makedirs(os.path.join(workdir, "simulation"), exist_ok=True)
-    url = args.url or f"sqlite:///{os.path.join(workdir, 'store', 'ams.db')}"
+    print(f"quickstart: working in {workdir}", file=sys.stderr)
+    try:
+        summary = run(workdir, args.url or f"sqlite:///{os.path.join(workdir, 'store', 'ams.db')}")
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"quickstart: deleted {workdir} (--keep keeps it)", file=sys.stderr)
+        else:
+            print(f"quickstart: kept {workdir}", file=sys.stderr)
+    json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
+    print()
+    return 0
 
+
+def run(workdir: str, url: str) -> dict:
+    """Fill the store at ``url`` with files written under ``workdir``; return what it holds."""
+    os.makedirs(os.path.join(workdir, "simulation"), exist_ok=True)
     with AMSDataStore("quickstart", url) as store:
         sim = os.path.join(workdir, "simulation")
         data = [write_h5(os.path.join(sim, store.suggest_data_file_name("EOS")), 32, seed)
@@ -67,7 +92,7 @@ def main(argv=None) -> int:
         promoted = store.move("EOS", os.path.join(workdir, "promoted"), "candidates", "data",
                               candidates[:1])
 
-        summary = {
+        return {
             "store": str(store),
             "data_version_added": data_version,
             "model_version_added": model_version,
@@ -76,9 +101,6 @@ def main(argv=None) -> int:
             "candidate_versions": store.get_candidate_versions("EOS", associate_files=True),
             "latest_model": store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}}),
         }
-    json.dump(summary, sys.stdout, indent=2, sort_keys=True, default=str)
-    print()
-    return 0
 
 
 if __name__ == "__main__":

@@ -79,8 +79,8 @@ def model_args(path, **overrides):
 def test_round_trip(cli, store_url, make_h5, make_model, tmp_path):
     created = cli("create")
     assert (created.code, created.err) == (0, ""), created.err
-    assert "Record" in created.json["created"] and created.json["application_name"] == "app"
-    assert cli("create").json["created"] == []  # already there: nothing new
+    assert created.json["created"] is True and created.json["application_name"] == "app"
+    assert cli("create").json["created"] is False  # already there: nothing new
 
     data = [make_h5("run-1.h5"), make_h5("run-2.h5")]
     added = cli("add", "--entry", "data", "--domain", "EOS", "--file", data[0], "--file", data[1],

@@ -10,8 +10,8 @@ import pytest
 
 from ams import AMSModelDescr
 from ams.cli import main
-from ams.errors import MissingDependencyError, NotFoundError
-from ams.plot import BAR_COLOR, VAL_COLOR, domain_figure, plot_store
+from ams.errors import InvalidArgumentError, MissingDependencyError, NotFoundError
+from ams.plot import BAR_COLOR, VAL_COLOR, _version_axis, domain_figure, plot_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,6 +68,49 @@ def test_plot_store_writes_a_png(filled, tmp_path: Path) -> None:
     assert share(VAL_COLOR) > 0.001      # and the validation line
 
 
+def _version_tick_labels(axes) -> list:
+    """The x tick labels matplotlib draws (inside the view), after a real draw."""
+    axes.figure.canvas.draw()
+    low, high = axes.get_xlim()
+    return [label.get_text() for tick, label in zip(axes.get_xticks(), axes.get_xticklabels())
+            if low <= tick <= high]
+
+
+def test_one_version_has_one_integer_tick(store, make_h5, make_model) -> None:
+    store.add_data("EOS", [make_h5()])
+    store.add_model("EOS", AMSModelDescr(make_model(), 0.5, "Random"), test_error=0.2, val_error=0.1)
+    for axes in domain_figure(store, "EOS").axes:  # not 0.66 ... 1.32
+        assert _version_tick_labels(axes) == ["1"]
+        low, high = axes.get_xlim()
+        assert low < 0.7 and high > 1.3  # the bar and the markers fit, with a margin
+
+
+def test_several_versions_have_integer_ticks(filled) -> None:
+    for axes in domain_figure(filled, "EOS").axes:
+        assert _version_tick_labels(axes) == ["1", "2"]
+
+
+@pytest.mark.parametrize("versions", [[0], [7], [1, 2, 3], [2, 5, 9], list(range(1, 13)),
+                                      [3, 17, 40], list(range(1, 60)), [1, 1000]])
+def test_version_axis_ticks_are_integers_in_range(versions) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.bar(versions, [1] * len(versions))
+    _version_axis(axes, versions)
+    labels = _version_tick_labels(axes)
+    assert 1 <= len(labels) <= 13
+    assert all(label.isdigit() for label in labels), labels
+    low, high = axes.get_xlim()  # every bar fits, with little room to spare
+    assert low <= min(versions) - 0.5 and high >= max(versions) + 0.5
+    assert high - low <= 1.1 * (max(versions) - min(versions)) + 1.2
+    if max(versions) - min(versions) < 12:  # a short span: every version has its tick
+        assert set(map(str, versions)) <= set(labels)
+
+
 def test_data_only_domain_and_log_scale(store, make_h5, make_model) -> None:
     store.add_data("EOS", [make_h5()])
     figure = domain_figure(store, "EOS")
@@ -76,6 +119,28 @@ def test_data_only_domain_and_log_scale(store, make_h5, make_model) -> None:
     store.add_model("EOS", AMSModelDescr(make_model(), 0.5, "Random"), test_error=1.0, val_error=0.9)
     store.add_model("EOS", AMSModelDescr(make_model(), 0.5, "Random"), test_error=0.01, val_error=0.005)
     assert domain_figure(store, "EOS").axes[0].get_yscale() == "log"  # errors span > a decade
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", PNG_MAGIC), (".pdf", b"%PDF"),
+                                           (".PDF", b"%PDF"), (".svg", None)])
+def test_format_follows_the_suffix(filled, tmp_path: Path, suffix, magic) -> None:
+    out = Path(plot_store(filled, "EOS", tmp_path / f"eos{suffix}"))
+    content = out.read_bytes()
+    if magic is not None:
+        assert content.startswith(magic)
+    else:  # SVG: an XML document whose root is <svg>
+        from xml.etree import ElementTree
+        assert content.lstrip().startswith(b"<?xml") and b"<svg" in content
+        assert ElementTree.fromstring(content).tag.endswith("svg")
+
+
+@pytest.mark.parametrize("name", ["eos.jpg", "eos", "eos.png.txt"])
+def test_other_suffixes_are_refused(filled, unchanged, tmp_path: Path, name) -> None:
+    guard = unchanged()
+    with pytest.raises(InvalidArgumentError, match=r"\.png, \.pdf, \.svg"):
+        plot_store(filled, "EOS", tmp_path / "out" / name)
+    guard.check()
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_domain_is_rejected(store, unchanged, tmp_path: Path) -> None:
@@ -118,3 +183,14 @@ def test_cli_plot_errors(store, tmp_path: Path, capsys) -> None:
     assert main(["--url", store.url.sqlalchemy_url(), "--name", "app", "plot",
                  "--domain", "EOS"]) == 2  # --out is required
     assert "--out" in capsys.readouterr().err
+
+
+def test_cli_plot_pdf_and_refused_suffix(filled, tmp_path: Path, capsys) -> None:
+    base = ["--url", filled.url.sqlalchemy_url(), "--name", "app", "plot", "--domain", "EOS"]
+    assert main(base + ["--out", str(tmp_path / "eos.pdf")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "eos.pdf").read_bytes().startswith(b"%PDF")
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "eos.jpg")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("Error: ") and ".png, .pdf, .svg" in captured.err
+    assert captured.out == "" and not (tmp_path / "eos.jpg").exists()
