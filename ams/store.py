@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _kosh, _match, _validate, importer, notebook
+from .compat import StoreCompat, create_store_directories, remove_aliases
 from .errors import (InvalidArgumentError, InvalidArgumentTypeError, LineageError,
                      MissingFileError, NotFoundError, ReadOnlyStoreError, StoreClosedError)
 from .importer import ImportReport
 from .store_types import AMSModelDescr, Entry, VerifyReport
 from .url import StoreURL, parse_store_url
 
-__all__ = ["AMSDataStore", "RemoveReport"]
+__all__ = ["AMSDataStore", "RemoveReport", "create_store_directories"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class RemoveReport:
                 "purge_errors": dict(self.purge_errors)}
 
 
-class AMSDataStore:
+class AMSDataStore(StoreCompat):
     """A class representing the persistent data of AMS.
 
     A catalogue of files in three entry types per domain (a physics sub-model
@@ -89,18 +90,24 @@ class AMSDataStore:
     valid_dbs = {"sqlite", "mariadb"}
 
     def __init__(self, application_name: str, url: Union[str, "os.PathLike[str]"],
-                 read_only: bool = False) -> None:
+                 read_only: bool = False,
+                 root_path: Union[None, str, "os.PathLike[str]"] = None) -> None:
         """Initializes the AMSDataStore class. Upon init the kosh-store is closed and not connected.
 
         ``url``: ``sqlite:///path.db``, a plain path, or
         ``mariadb://user:password@host:port/database``. ``read_only=True``
-        refuses every write (for analysis jobs and notebooks).
+        refuses every write (for analysis jobs and notebooks). ``root_path``:
+        the folder of ``data/``, ``candidates/``, ``models/`` (default: the
+        SQLite file's folder; none on MariaDB). The original backend's form
+        ``AMSDataStore(store_path, store_name, name, delete_all_contents=False)``
+        is accepted too (see :mod:`ams.compat`).
         """
         self._application_name = _validate.name(application_name, "application_name")
         self._url: StoreURL = parse_store_url(url)
         self._read_only = _validate.boolean(read_only, "read_only")
         self._adapter: Optional[_kosh.KoshAdapter] = None
         self._kosh_store: Any = None  # plain Kosh store of kosh_dataset, opened on first use
+        self._init_root_path(root_path)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -231,7 +238,8 @@ class AMSDataStore:
                 raise InvalidArgumentTypeError(f"{key} must be a number, not {value!r}")
         checked = _validate.metadata(metadata, _RESERVED_KEYS | set(_MODEL_FIELDS)
                                      | {TRAINED_ON_VERSIONS, TRAINED_ON_FILES})
-        attributes = _validate.metadata({**model.to_dict(), **errors})
+        attributes = _validate.metadata({**{k: v for k, v in model.to_dict().items() if k != "path"},
+                                         **errors})
         lineage = None
         if trained_on is not None:
             lineage = self._training_data(domain_name, _validate.data_versions(trained_on))
@@ -307,6 +315,7 @@ class AMSDataStore:
         return _kosh.NewFile(path, metadata, _kosh.fast_sha(path))
 
     # ------------------------------------------------------------------ removing
+    @remove_aliases("filenames", "data_files")
     def remove_data(self, domain_name: str, filenames: Optional[Sequence[str]],
                     version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
                     purge: bool = True, force: bool = False) -> RemoveReport:
@@ -321,12 +330,14 @@ class AMSDataStore:
         return self._remove_entries(domain_name, "data", filenames, version, metadata, purge,
                                     force=force)
 
+    @remove_aliases("models", "model")
     def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
                       version: Optional[int] = None, metadata: Optional[Mapping[str, Any]] = None,
                       purge: bool = True) -> RemoveReport:
         """Remove models from the models entry (and from the filesystem when ``purge``)."""
         return self._remove_entries(domain_name, "models", models, version, metadata, purge)
 
+    @remove_aliases("filenames", "data_files")
     def remove_candidates(self, domain_name: str, filenames: Optional[Sequence[str]],
                           version: Optional[int] = None,
                           metadata: Optional[Mapping[str, Any]] = None,
@@ -776,18 +787,18 @@ class AMSDataStore:
 
     # ------------------------------------------------------------------ names
     def suggest_model_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.pt`` for a new model."""
-        return self._suggest_entry_file_name("models", domain_name)
+        """A fresh ``<domain>_<unique>.pt``: a path in ``root_path/models`` (bare without a root)."""
+        return self._suggested_path("models", domain_name)
 
     def suggest_candidate_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.h5`` for new candidates."""
-        return self._suggest_entry_file_name("candidates", domain_name)
+        """A fresh ``<domain>_<unique>.h5``: a path in ``root_path/candidates`` (bare without a root)."""
+        return self._suggested_path("candidates", domain_name)
 
     def suggest_data_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.h5`` for new data."""
-        return self._suggest_entry_file_name("data", domain_name)
+        """A fresh ``<domain>_<unique>.h5``: a path in ``root_path/data`` (bare without a root)."""
+        return self._suggested_path("data", domain_name)
 
-    def _suggest_entry_file_name(self, entry: str, domain_name: Optional[str]) -> str:
+    def _suggest_entry_file_name(self, entry: str, domain_name: Optional[str] = None) -> str:
         entry = _validate.entry_type(entry, "entry")
         domain_name = _validate.optional_name(domain_name, "domain_name")
         if domain_name is not None and ("/" in domain_name or "\x00" in domain_name):
