@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 from .store_types import UQAggregate, UQType

@@ -830,3 +830,21 @@ def test_stores_stay_readable_by_plain_reads(rooted_store, make_h5):
     store.search("EOS", version="latest")
     store.deployment_config("EOS")
     assert snapshot_store(store.url) == before and snapshot_files(store.root_path) == files_before
+
+
+def test_a_store_of_the_original_form_imports_with_its_nested_metadata(tmp_path, store, make_h5,
+                                                                       make_model):
+    root = tmp_path / "kosh_era"
+    data = os.path.realpath(make_h5())
+    model = os.path.realpath(make_model())
+    with original_store(root, name="app") as era:
+        era.add_data("EOS", [data], version=0, metadata={"run": {"seed": 3, "tags": ["a"]}})
+        era.add_model("EOS", AMSModelDescr(model, 0.5, UQType.DeltaUQ, UQAggregate.max), 0.1, 0.2,
+                      metadata={"train_parameters": TRAIN_ARGS})
+    report = store.import_from(root / "ams_config.json")
+    assert report.to_dict()["imported"] == 2
+    [entry] = store.find(filename=data)
+    assert entry["version"] == 0 and entry["run"] == {"seed": 3, "tags": ["a"]}
+    [imported] = store.search("EOS", "models", "latest")
+    assert imported["train_parameters"] == TRAIN_ARGS and imported["uq_type"] == "deltaUQ"
+    assert store.deployment_config("EOS", stage_dir="/s")["ml_models"]["model_0"]["model_path"] == model
