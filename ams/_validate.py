@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from . import formats
+from . import formats, metadata_codec
 from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError,
                      InvalidMetadataError, MissingFileError, UnknownEntryTypeError)
 from .keys import ENTRY_TYPES
@@ -23,6 +24,7 @@ MAX_PATH_LENGTH = 1500     # Sina's Document.uri is VARCHAR(1500)
 MAX_VERSION = 2**31 - 1    # versions are also kept as REAL by Sina; stay far below 2**53
 _INT64 = 2**63
 PathLike = Union[str, "os.PathLike[str]"]
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts "²" and "٣"
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -56,10 +58,16 @@ def entry_type(value: Any, what: str = "entry type") -> str:
 
 
 def version(value: Any, what: str = "version") -> int:
-    """An explicit version: an int from 0 to 2**31-1 (bool is not a version)."""
+    """An explicit version: an int from 0 to 2**31-1 (bool is not a version).
+
+    A string of decimal digits (``"2"``, as upstream's CLI passes it) is that int.
+    """
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgumentTypeError(f"{what} must be an int, not {type(value).__name__} "
-                                       f"({_short(value)})")
+                                       f"({_short(value)}); a string of decimal digits is "
+                                       "read as one")
     value = int(value)
     if not 0 <= value <= MAX_VERSION:
         raise InvalidArgumentError(f"{what} must be between 0 and {MAX_VERSION}, not {value}")
@@ -74,7 +82,7 @@ def version_selector(value: Any, what: str = "versions") -> Union[None, str, Lis
     """``None`` (all), ``"latest"``, an int, or a list of ints -> None, "latest" or a list."""
     if value is None or value == "latest" and isinstance(value, str):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
         raise InvalidArgumentError(f"{what} must be None, 'latest', an int or a list of ints, "
                                    f"not {_short(value)}")
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -194,14 +202,19 @@ def metadata(value: Any, reserved: Iterable[str] = (), what: str = "metadata") -
     """A copy of ``value`` whose keys and values Kosh stores faithfully.
 
     Values: bool, int (64-bit), finite float, str, or a list of one of those
-    (ints and floats may mix). None, NaN, infinities, nested dicts and tuples
-    are rejected, as are keys the store itself uses (``reserved``).
+    (ints and floats may mix), or a dict (nested, JSON-serialisable: see
+    :mod:`ams.metadata_codec`), which the result holds JSON-encoded, ready to
+    be written. None, NaN, infinities and tuples are rejected, as are keys
+    the store itself uses (``reserved``). Input holding the codec's marker
+    (a record read raw, being written again) is decoded first.
     """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidArgumentTypeError(f"{what} must be a dict, not {type(value).__name__} "
                                        f"({_short(value)})")
+    if metadata_codec.JSON_KEYS in value:
+        value = metadata_codec.decode_metadata(value, strict=True)
     reserved = set(reserved)
     out: Dict[str, Any] = {}
     for key, item in value.items():
@@ -215,8 +228,11 @@ def metadata(value: Any, reserved: Iterable[str] = (), what: str = "metadata") -
         if key in reserved:
             raise InvalidMetadataError(f"{what} key {key!r} is reserved by the store "
                                        f"(reserved: {', '.join(sorted(reserved))})")
-        out[key] = _value(item, f"{what}[{key!r}]")
-    return out
+        if isinstance(item, Mapping):
+            out[key] = metadata_codec.check_nested(item, f"{what}[{key!r}]")
+        else:
+            out[key] = _value(item, f"{what}[{key!r}]")
+    return metadata_codec.encode_metadata(out)
 
 
 def _value(item: Any, what: str) -> Any:
@@ -261,7 +277,8 @@ def _scalar(item: Any, what: str) -> Any:
         raise InvalidMetadataError(f"{what} is None; the store keeps no None values "
                                    "(leave the key out)")
     raise InvalidMetadataError(f"{what} has type {type(item).__name__} ({_short(item)}); "
-                               "allowed: bool, int, float, str or a list of one of those")
+                               "allowed: bool, int, float, str or a list of one of those "
+                               "(and, as a metadata value, a dict)")
 
 
 def _encodable(text: str, what: str, error: type = InvalidArgumentError) -> None:

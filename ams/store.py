@@ -22,13 +22,14 @@ from . import _match, _validate, importer, notebook
 from .catalog import Catalog, NewFile, now_string
 from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
                      NotFoundError, ReadOnlyStoreError, StoreClosedError)
+from .compat import StoreCompat, create_store_directories, remove_aliases
 from .files import fast_sha
 from .importer import ImportReport
 from .keys import ENTRY_TYPES, MIME_TYPES, RESERVED_KEYS, RESERVED_MODEL_KEYS, SUFFIXES
 from .store_types import AMSModelDescr, VerifyReport
 from .url import StoreURL, parse_store_url
 
-__all__ = ["AMSDataStore", "RemoveReport"]
+__all__ = ["AMSDataStore", "RemoveReport", "create_store_directories"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class RemoveReport:
                 "purge_errors": dict(self.purge_errors)}
 
 
-class AMSDataStore:
+class AMSDataStore(StoreCompat):
     """A class representing the persistent data of AMS.
 
     A catalogue of files in three entry types per domain (a physics sub-model
@@ -87,7 +88,9 @@ class AMSDataStore:
     valid_dbs = {"sqlite", "mariadb"}
 
     def __init__(self, application_name: str, url: Union[str, "os.PathLike[str]"],
-                 read_only: bool = False, *, allow_network_filesystem: bool = False) -> None:
+                 read_only: bool = False,
+                 root_path: Union[None, str, "os.PathLike[str]"] = None, *,
+                 allow_network_filesystem: bool = False) -> None:
         """Initializes the AMSDataStore class. Upon init the kosh-store is closed and not connected.
 
         ``url``: ``sqlite:///path.db``, a plain path, or
@@ -96,6 +99,11 @@ class AMSDataStore:
         ``allow_network_filesystem=True`` (or ``AMS_ALLOW_NETWORK_FS=1``) lets a
         writable SQLite store live on NFS, Lustre, GPFS...: refused by default,
         since SQLite's locking there is unreliable (use MariaDB).
+        ``root_path``:
+        the folder of ``data/``, ``candidates/``, ``models/`` (default: the
+        SQLite file's folder; none on MariaDB). The original backend's form
+        ``AMSDataStore(store_path, store_name, name, delete_all_contents=False)``
+        is accepted too (see :mod:`ams.compat`).
         """
         self._application_name = _validate.name(application_name, "application_name")
         self._url: StoreURL = parse_store_url(url)
@@ -104,6 +112,7 @@ class AMSDataStore:
                                                            "allow_network_filesystem")
         self._catalog: Optional[Catalog] = None
         self._kosh_store: Any = None  # plain Kosh store of kosh_dataset, opened on first use
+        self._init_root_path(root_path)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -226,7 +235,8 @@ class AMSDataStore:
                                            f"{type(model).__name__}")
         errors = {"test_error": _validate.error_value(test_error, "test_error"),
                   "val_error": _validate.error_value(val_error, "val_error")}
-        attributes = _validate.metadata({**model.to_dict(), **errors})
+        attributes = _validate.metadata({**{k: v for k, v in model.to_dict().items() if k != "path"},
+                                         **errors})
         training = None if trained_on is None else _validate.data_versions(trained_on)
         return self._add_entries(domain_name, "models", [model.path], version, metadata,
                                  extra=attributes, trained_on=training)
@@ -268,6 +278,7 @@ class AMSDataStore:
         return result
 
     # ------------------------------------------------------------------ removing
+    @remove_aliases("filenames", "data_files")
     def remove_data(self, domain_name: str, filenames: Optional[Sequence[str]],
                     version: VersionSelector = None, metadata: Optional[Mapping[str, Any]] = None,
                     purge: bool = True, force: bool = False, *,
@@ -283,6 +294,7 @@ class AMSDataStore:
         return self._remove_entries(domain_name, "data", filenames, version, metadata, purge,
                                     force=force, remove_all=remove_all)
 
+    @remove_aliases("models", "model")
     def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
                       version: VersionSelector = None,
                       metadata: Optional[Mapping[str, Any]] = None,
@@ -291,6 +303,7 @@ class AMSDataStore:
         return self._remove_entries(domain_name, "models", models, version, metadata, purge,
                                     remove_all=remove_all)
 
+    @remove_aliases("filenames", "data_files")
     def remove_candidates(self, domain_name: str, filenames: Optional[Sequence[str]],
                           version: VersionSelector = None,
                           metadata: Optional[Mapping[str, Any]] = None,
@@ -674,18 +687,18 @@ class AMSDataStore:
 
     # ------------------------------------------------------------------ names
     def suggest_model_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.pt`` for a new model."""
-        return self._suggest_entry_file_name("models", domain_name)
+        """A fresh ``<domain>_<unique>.pt``: a path in ``root_path/models`` (bare without a root)."""
+        return self._suggested_path("models", domain_name)
 
     def suggest_candidate_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.h5`` for new candidates."""
-        return self._suggest_entry_file_name("candidates", domain_name)
+        """A fresh ``<domain>_<unique>.h5``: a path in ``root_path/candidates`` (bare without a root)."""
+        return self._suggested_path("candidates", domain_name)
 
     def suggest_data_file_name(self, domain_name: Optional[str] = None) -> str:
-        """A fresh file name ``<domain>_<unique>.h5`` for new data."""
-        return self._suggest_entry_file_name("data", domain_name)
+        """A fresh ``<domain>_<unique>.h5``: a path in ``root_path/data`` (bare without a root)."""
+        return self._suggested_path("data", domain_name)
 
-    def _suggest_entry_file_name(self, entry: str, domain_name: Optional[str]) -> str:
+    def _suggest_entry_file_name(self, entry: str, domain_name: Optional[str] = None) -> str:
         entry = _validate.entry_type(entry, "entry")
         domain_name = _validate.optional_name(domain_name, "domain_name")
         if domain_name is not None and ("/" in domain_name or "\x00" in domain_name):

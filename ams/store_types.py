@@ -9,34 +9,59 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Union
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
+from .metadata_codec import decode_metadata
 
-__all__ = ["UQType", "UQAggregate", "AMSModelDescr", "Entry", "VerifyReport"]
+__all__ = ["UQType", "UQAggregate", "AMSModelDescr", "Entry", "EntryDict", "FlatEntryDict",
+           "VerifyReport"]
 
 
-class UQType(Enum):
-    """How a surrogate model estimates its own uncertainty."""
+class _LenientEnum(Enum):
+    """``Kind(text)`` also takes a member's name, and either in any case.
+
+    Stores are written with the values (what AMSlib reads); this leniency
+    reads stores that hold the names (``"Random"``, ``"DeltaUQ"``) or the old
+    lower-case value ``"deltauq"``.
+    """
+
+    @classmethod
+    def _missing_(cls, value: Any) -> Optional["_LenientEnum"]:
+        if isinstance(value, str):
+            folded = value.casefold()
+            for member in cls:
+                if folded in (member.name.casefold(), str(member.value).casefold()):
+                    return member
+        return None
+
+
+class UQType(_LenientEnum):
+    """How a surrogate model estimates its own uncertainty.
+
+    The values are the original's and what AMSlib's ``getUQType`` accepts;
+    a model's entry stores the value (``"deltaUQ"``).
+    """
 
     Random = "random"
-    DeltaUQ = "deltauq"
+    DeltaUQ = "deltaUQ"
     Faiss = "faiss"
 
 
-class UQAggregate(Enum):
-    """How per-output uncertainties are reduced to one number."""
+class UQAggregate(_LenientEnum):
+    """How per-output uncertainties are reduced to one number (stored by value)."""
 
     max = "max"
     mean = "mean"
 
 
 def _as_enum(enum_type: type, value: Any, what: str) -> Optional[Enum]:
-    """Accept an enum member or its name/value (as the CLI passes strings)."""
+    """Accept an enum member or its name/value in any case (as the CLI passes strings)."""
     if value is None or isinstance(value, enum_type):
         return value
     if isinstance(value, str):
-        for member in enum_type:
-            if value in (member.name, member.value) or value.lower() == member.name.lower():
-                return member
-    names = ", ".join(member.name for member in enum_type)
+        try:
+            return enum_type(value)
+        except ValueError:
+            pass
+    names = ", ".join(f"{member.name} ({member.value!r})" for member in enum_type)
     raise InvalidArgumentError(f"{what} must be one of {names}, not {value!r}")
 
 
@@ -72,17 +97,20 @@ class AMSModelDescr:
                 f"uq_type {self.uq_type.name} needs a uq_aggregate ({', '.join(a.name for a in UQAggregate)})")
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain values (enum names) as stored on the model's association.
+        """Plain values, as the original's ``to_dict``: enums by value.
 
-        ``uq_aggregate`` is left out when it is None (the store keeps no None).
+        ``{"path", "threshold", "uq_type"}``, plus ``uq_aggregate`` unless
+        ``uq_type`` is Random (AMSlib ignores it there; the original left it
+        out too). ``add_model`` stores all of it but ``path`` (the file's uri
+        is the path).
         """
         out: Dict[str, Any] = {
             "path": os.fspath(self.path),
             "threshold": self.threshold,
-            "uq_type": self.uq_type.name,
+            "uq_type": self.uq_type.value,
         }
-        if self.uq_aggregate is not None:
-            out["uq_aggregate"] = self.uq_aggregate.name
+        if self.uq_type is not UQType.Random and self.uq_aggregate is not None:
+            out["uq_aggregate"] = self.uq_aggregate.value
         return out
 
 
@@ -98,16 +126,114 @@ class Entry:
     version: int
     metadata: Dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "id": self.id,
-            "application_name": self.application_name,
-            "domain_name": self.domain_name,
-            "filename": self.filename,
-            "entry_type": self.entry_type,
-            "version": self.version,
-            "metadata": dict(self.metadata),
-        }
+    def to_dict(self) -> "EntryDict":
+        """The entry as ``find``/``search`` return it; nested metadata decoded."""
+        return EntryDict(
+            id=self.id,
+            application_name=self.application_name,
+            domain_name=self.domain_name,
+            filename=self.filename,
+            entry_type=self.entry_type,
+            version=self.version,
+            metadata=decode_metadata(self.metadata),
+        )
+
+
+class EntryDict(dict):
+    """One entry as ``find`` and ``search`` return it: a ``dict`` of the reference's keys.
+
+    Its items (what ``json.dumps``, ``keys()``, ``==`` and ``dict(e)`` see)
+    are exactly ``id, application_name, domain_name, filename, entry_type,
+    version, metadata``. It also answers, on ``e[key]``, ``e.get(key)`` and
+    ``key in e``, the keys the original (Kosh-era) backend's flat results had:
+    ``file`` (= filename), ``domain`` (= domain_name), ``entry``
+    (= entry_type), and each metadata attribute at the top level
+    (``e["uq_type"]``, ``e["threshold"]``, ``e["val_error"]``); a metadata key
+    named like a reference key is reached through ``e["metadata"]`` only.
+    Attribute access reads the same keys (``e.filename``, ``e.version``,
+    ``e.uq_type``), as the SQL-era rows were objects. Any other key raises
+    :class:`KeyError` (:class:`AttributeError` for attributes).
+
+    >>> e = EntryDict(id="1", application_name="app", domain_name="EOS", filename="/m.pt",
+    ...               entry_type="models", version=2, metadata={"uq_type": "random"})
+    >>> e["file"], e.uq_type, e.get("missing"), sorted(e)[:2]
+    ('/m.pt', 'random', None, ['application_name', 'domain_name'])
+    """
+
+    __slots__ = ()
+    #: Kosh-era key -> reference key.
+    KOSH_ERA_KEYS = {"file": "filename", "domain": "domain_name", "entry": "entry_type"}
+
+    def _extra(self, key: Any) -> Any:
+        """The value of a key that is not an item, or raise KeyError."""
+        target = self.KOSH_ERA_KEYS.get(key) if isinstance(key, str) else None
+        if target is not None and dict.__contains__(self, target):
+            return dict.__getitem__(self, target)
+        metadata = dict.get(self, "metadata")
+        if isinstance(metadata, dict) and key in metadata:
+            return metadata[key]
+        raise KeyError(key)
+
+    def __missing__(self, key: Any) -> Any:
+        return self._extra(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: Any) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        try:
+            self._extra(key)
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no key or attribute {name!r}") from None
+
+
+class FlatEntryDict(EntryDict):
+    """An entry in the original (Kosh-era) backend's flat shape, from ``search`` of a store
+    built with ``AMSDataStore(store_path, store_name, name)``.
+
+    Its items are ``domain, entry, version, file`` and then the entry's
+    metadata attributes (``uq_type``, ``threshold``, ``date``...), as the
+    original's ``search`` returned them (the store's fields win over a
+    metadata key of the same name). It also answers the reference's keys
+    (``filename``, ``domain_name``, ``entry_type``, ``id``,
+    ``application_name``, ``metadata``), on ``[]``, ``get``, ``in`` and as
+    attributes; :meth:`reference` gives the reference-shaped :class:`EntryDict`.
+    """
+
+    __slots__ = ("_reference",)
+
+    def __init__(self, reference: EntryDict) -> None:
+        flat = {"domain": reference["domain_name"], "entry": reference["entry_type"],
+                "version": reference["version"], "file": reference["filename"]}
+        dict.__init__(self, {**flat, **{key: value for key, value in reference["metadata"].items()
+                                        if key not in flat}})
+        self._reference = reference
+
+    def reference(self) -> EntryDict:
+        """The same entry in the reference's shape."""
+        return self._reference
+
+    def _extra(self, key: Any) -> Any:
+        if isinstance(key, str) and dict.__contains__(self._reference, key):
+            return dict.__getitem__(self._reference, key)
+        raise KeyError(key)
+
+    def __reduce__(self):
+        return (type(self), (self._reference,))
 
 
 @dataclass

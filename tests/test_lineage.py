@@ -86,7 +86,7 @@ def test_bad_trained_on_and_unknown_versions_change_nothing(store, trained, make
     with pytest.raises(NotFoundError, match="existing: none"):
         store.model_lineage("ELSEWHERE", "latest")
     with pytest.raises(InvalidArgumentTypeError):
-        store.model_lineage("EOS", "1")
+        store.model_lineage("EOS", "one")
     guard.check()
 
 

@@ -70,7 +70,9 @@ def test_write_methods_are_all_listed():
              "get_candidate_files", "get_data_versions", "get_model_versions",
              "get_candidate_versions", "suggest_data_file_name", "suggest_model_file_name",
              "suggest_candidate_file_name", "open", "close", "is_open", "verify",
-             "load_model", "load_data", "kosh_dataset", "model_lineage"}
+             "load_model", "load_data", "kosh_dataset", "model_lineage",
+             "get_data_path", "get_model_path", "get_candidate_path", "get_raw_content",
+             "deployment_config"}
     public = {name for name in dir(AMSDataStore)
               if not name.startswith("_") and callable(getattr(AMSDataStore, name))}
     writes = {name.split("-")[0] for name in WRITES}

@@ -62,7 +62,8 @@ def test_versions(store, make_h5):
 BAD_VERSIONS = [
     (-1, InvalidArgumentError, ValueError, "-1"),
     (2**31, InvalidArgumentError, ValueError, str(2**31)),
-    ("1", InvalidArgumentTypeError, TypeError, "'1'"),
+    ("one", InvalidArgumentTypeError, TypeError, "'one'"),
+    (" 1", InvalidArgumentTypeError, TypeError, "' 1'"),
     (1.0, InvalidArgumentTypeError, TypeError, "1.0"),
     (True, InvalidArgumentTypeError, TypeError, "True"),
     ("latest", InvalidArgumentTypeError, TypeError, "'latest'"),
@@ -232,7 +233,8 @@ BAD_METADATA = [
     ({"k": -math.inf}, "-inf"),
     ({"k": 2**63}, str(2**63)),
     ({"k": -2**63 - 1}, str(-2**63 - 1)),
-    ({"k": {"nested": 1}}, "dict"),
+    ({"k": {1: "nested"}}, "dict value"),
+    ({"k": {"nested": (1, 2)}}, "tuple"),
     ({"k": [1, "a"]}, "mixes types"),
     ({"k": [True, 1]}, "mixes types"),
     ({"k": [[1], [2]]}, "list"),
@@ -292,12 +294,12 @@ def test_add_model(store, make_model, make_h5, tmp_path, unchanged):
     assert entry["entry_type"] == "models" and entry["version"] == 1
     metadata = dict(entry["metadata"])
     assert DATE.match(metadata.pop("date"))
-    assert metadata == {"path": path, "threshold": 0.25, "uq_type": "DeltaUQ",
+    assert metadata == {"threshold": 0.25, "uq_type": "deltaUQ",
                         "uq_aggregate": "mean", "test_error": 0.125, "val_error": 0.0625,
                         "epochs": 10, "arch": "mlp"}
     (entry,) = store.find(filename=random_model.path, version=5)
     assert "uq_aggregate" not in entry["metadata"]  # None is not stored
-    assert entry["metadata"]["uq_type"] == "Random" and entry["metadata"]["threshold"] == 1.0
+    assert entry["metadata"]["uq_type"] == "random" and entry["metadata"]["threshold"] == 1.0
     assert store.get_model_files("EOS", "latest") == [faiss.path]
     assert [e["filename"] for e in store.search("EOS", "models", metadata={"val_error": {"<": 0.1}})] == [path]
     # rejections
@@ -338,9 +340,9 @@ def test_model_descr_validation(make_model, tmp_path):
     descr = AMSModelDescr(str(link), 1, "deltauq", "MEAN")
     assert descr.path == path and descr.threshold == 1.0
     assert descr.uq_type is UQType.DeltaUQ and descr.uq_aggregate is UQAggregate.mean
-    assert descr.to_dict() == {"path": path, "threshold": 1.0, "uq_type": "DeltaUQ", "uq_aggregate": "mean"}
+    assert descr.to_dict() == {"path": path, "threshold": 1.0, "uq_type": "deltaUQ", "uq_aggregate": "mean"}
     assert AMSModelDescr(path, 0.5, UQType.Random).to_dict() == {"path": path, "threshold": 0.5,
-                                                                 "uq_type": "Random"}
+                                                                 "uq_type": "random"}
     cases = [
         ((str(tmp_path / "nope.pt"), 0.5, UQType.Random), MissingFileError, FileNotFoundError, "nope.pt"),
         ((str(tmp_path), 0.5, UQType.Random), MissingFileError, FileNotFoundError, str(tmp_path)),

@@ -329,9 +329,12 @@ def test_every_data_call_on_a_closed_store(store_url, make_h5, make_model):
         assert [e["entry_type"] for e in store.find()] == ["candidates"]
 
 
-def test_suggest_names_need_no_connection():
+def test_suggest_names_need_no_connection(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     store = AMSDataStore("app", "never-opened.db")
-    assert store.suggest_data_file_name("EOS").startswith("EOS_")
+    name = store.suggest_data_file_name("EOS")  # under root_path/data: the db's folder
+    assert os.path.basename(name).startswith("EOS_")
+    assert os.path.dirname(name) == os.path.join(os.path.realpath(tmp_path), "data")
     assert not os.path.exists("never-opened.db")
 
 

@@ -82,7 +82,7 @@ def test_rejections(store, filled, unchanged):
             (-1, InvalidArgumentError, ValueError, "-1"),
             (1.5, InvalidArgumentTypeError, TypeError, "1.5"),
             (True, InvalidArgumentTypeError, TypeError, "True"),
-            ([1, "2"], InvalidArgumentTypeError, TypeError, "'2'"),
+            ([1, "two"], InvalidArgumentTypeError, TypeError, "'two'"),
             ({"v": 1}, InvalidArgumentTypeError, TypeError, "dict")]:
         rejected(None, error, builtin, fragment, store.get_data_files, "EOS", versions)
         rejected(None, error, builtin, fragment, store.get_files, "EOS", "models", versions)
@@ -180,7 +180,7 @@ def test_search(store, filled, make_h5):
     assert store.search(metadata={"Tag": "a"}) == []  # and keys
     assert store.search(metadata={"missing": 1}) == []
     assert names(store.search(metadata={"cycle": 2.0})) == [f["d2"]]  # 2 == 2.0
-    assert names(store.search(entry="models", metadata={"uq_type": "DeltaUQ"})) == [f["m2"]]
+    assert names(store.search(entry="models", metadata={"uq_type": "deltaUQ"})) == [f["m2"]]
     assert names(store.search(entry="models", metadata={"threshold": 0.5})) == [f["m1"], f["m2"]]
     assert names(store.search(metadata={"date": {">=": "2000-01-01"}})) == names(store.find())  # dates sort
     # "latest" applies after the metadata filter, per domain and entry

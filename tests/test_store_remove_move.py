@@ -315,15 +315,18 @@ def test_move_failing_in_the_database_leaves_no_trace(store, promoted, make_h5, 
 
 # ------------------------------------------------------------------ names
 def test_suggested_file_names(store, make_h5, unchanged):
-    name = store.suggest_data_file_name("EOS")
+    base = os.path.basename  # a path under root_path/<entry> when the store has a root
+    name = base(store.suggest_data_file_name("EOS"))
     assert re.fullmatch(r"EOS_[0-9a-f]{32}\.h5", name)
-    assert re.fullmatch(r"EOS_[0-9a-f]{32}\.h5", store.suggest_candidate_file_name("EOS"))
-    assert re.fullmatch(r"EOS_[0-9a-f]{32}\.pt", store.suggest_model_file_name("EOS"))
-    assert re.fullmatch(r"ÉOS ☃_[0-9a-f]{32}\.pt", store.suggest_model_file_name("ÉOS ☃"))
-    assert store.suggest_data_file_name().startswith("app_")  # no domain: the application's name
+    assert re.fullmatch(r"EOS_[0-9a-f]{32}\.h5", base(store.suggest_candidate_file_name("EOS")))
+    assert re.fullmatch(r"EOS_[0-9a-f]{32}\.pt", base(store.suggest_model_file_name("EOS")))
+    assert re.fullmatch(r"ÉOS ☃_[0-9a-f]{32}\.pt", base(store.suggest_model_file_name("ÉOS ☃")))
+    assert base(store.suggest_data_file_name()).startswith("app_")  # no domain: the application's name
+    if store.root_path is not None:
+        assert os.path.dirname(store.suggest_model_file_name("EOS")) == str(store.root_path / "models")
     for entry, suffix in AMSDataStore.entry_suffix.items():
         assert store._suggest_entry_file_name(entry, "D").endswith("." + suffix)
-    names = {store.suggest_data_file_name("EOS") for _ in range(2000)}
+    names = {base(store.suggest_data_file_name("EOS")) for _ in range(2000)}
     assert len(names) == 2000  # never the same twice
     registered = make_h5()
     store.add_data("EOS", [registered])
