@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _match, _validate, importer, notebook
-from .catalog import Catalog, NewFile, now_string
+from .catalog import Catalog, NewFile, aliases, now_string
 from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
                      NotFoundError, ReadOnlyStoreError, StoreClosedError)
 from .compat import StoreCompat, create_store_directories, remove_aliases
@@ -633,6 +633,65 @@ class AMSDataStore(StoreCompat):
         LOGGER.info("moved %d file(s) of %s from %s to %s version %d%s", len(targets),
                     domain_name, src_type, dest_type, new_version, "" if copy else " in place")
         return targets
+
+    # ------------------------------------------------------------------ aliases
+    def set_alias(self, domain_name: str, alias: str, version: Union[int, str],
+                  entry_type: str = "models") -> Optional[int]:
+        """Point the deployment alias ``alias`` (e.g. ``"champion"``) at an existing version.
+
+        One write transaction under the store's write lock; every change is kept
+        in the alias's history (:meth:`alias_history`). Returns the version it
+        pointed at before, or None. Names: 1-64 letters, digits, ``_ - .``,
+        starting with a letter; ``latest`` is reserved.
+
+        >>> store.set_alias("EOS", "champion", 3)        # doctest: +SKIP
+        """
+        catalog = self._require_writable()
+        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
+        version = _validate.version(version)
+        previous = catalog.set_alias(self._application_name, domain_name, entry_type, alias,
+                                     version, aliases.default_user())
+        LOGGER.info("alias %s of %s/%s: %s -> %d", alias, domain_name, entry_type, previous,
+                    version)
+        return previous
+
+    def remove_alias(self, domain_name: str, alias: str,
+                     entry_type: str = "models") -> Optional[int]:
+        """Unset ``alias`` (recorded in its history); returns the version it pointed at."""
+        catalog = self._require_writable()
+        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
+        return catalog.remove_alias(self._application_name, domain_name, entry_type, alias,
+                                    aliases.default_user())
+
+    def get_alias(self, domain_name: str, alias: str, entry_type: str = "models",
+                  at: Any = None) -> Optional[int]:
+        """The version ``alias`` points at (None when unset); ``at`` (a ``datetime`` or an
+        ISO-8601 string, naive = UTC): the version it pointed at then."""
+        catalog = self._require_open()
+        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
+        return catalog.read_aliases(lambda conn: aliases.get_alias(
+            conn, self._application_name, domain_name, entry_type, alias, at=at), None)
+
+    def alias_history(self, domain_name: str, alias: str,
+                      entry_type: str = "models") -> List[Dict[str, Any]]:
+        """Every change of ``alias``, oldest first: ``{"version", "previous", "set_at", "set_by"}``."""
+        catalog = self._require_open()
+        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
+        return catalog.read_aliases(lambda conn: aliases.history(
+            conn, self._application_name, domain_name, entry_type, alias), [])
+
+    def aliases(self, domain_name: str, entry_type: str = "models") -> Dict[str, int]:
+        """The aliases set on ``entry_type`` of ``domain_name``: ``{alias: version}``."""
+        catalog = self._require_open()
+        domain_name = _validate.name(domain_name, "domain_name")
+        entry_type = _validate.entry_type(entry_type)
+        return catalog.read_aliases(lambda conn: aliases.current(
+            conn, self._application_name, domain_name, entry_type), {})
+
+    @staticmethod
+    def _alias_key(domain_name: Any, entry_type: Any, alias: Any) -> Tuple[str, str, str]:
+        return (_validate.name(domain_name, "domain_name"), _validate.entry_type(entry_type),
+                aliases.check_alias_name(alias))
 
     # ------------------------------------------------------------------ notebooks
     def load_model(self, domain_name: str, version: Union[int, str] = "latest") -> Tuple[Any, Dict[str, Any]]:

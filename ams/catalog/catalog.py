@@ -25,7 +25,7 @@ from ..errors import BackendError, LineageError, NotFoundError
 from ..keys import TRAINED_ON_FILES, TRAINED_ON_VERSIONS
 from ..store_types import Entry
 from ..url import StoreURL
-from . import reads, schema, writes
+from . import aliases, reads, schema, writes
 from .filesystems import refuse_network_filesystem
 from .records import (Dataset, FileRecord, MemberDataset, NewFile, StoreKinds, bootstrap_records, now_string,
                       record_rows, user_id, username)
@@ -85,6 +85,8 @@ class Catalog:
             with self.transactions.translate_errors("open"):
                 if not self.read_only:
                     self.created = schema.create_tables(engine) + schema.create_own_tables(engine)
+                    with engine.begin() as conn:  # DDL commits on MariaDB: its own transaction
+                        self.created += aliases.create_tables(conn)
                     self._initialise_kosh()
                 self._read_store_info()
         except BaseException:
@@ -561,6 +563,36 @@ class Catalog:
     def _drop_intents(conn: Connection, tag: str) -> None:
         table = _intent_table(conn)
         conn.execute(table.delete().where(table.c.id.like(f"{tag}-%")))
+
+    # ------------------------------------------------------------------ aliases
+    def set_alias(self, application_name: str, domain_name: str, entry_type: str, alias: str,
+                  version: int, user: str) -> Optional[int]:
+        """Point ``alias`` at an existing ``version`` in one locked transaction; the previous one."""
+        def work(conn: Connection) -> Optional[int]:
+            existing = sorted({d.version for d in reads.entry_datasets(
+                conn, self.kinds, application_name, [domain_name], [entry_type])})
+            if version not in existing:
+                raise NotFoundError(
+                    f"no {entry_type} version {version} in domain {domain_name!r} to point "
+                    f"alias {alias!r} at (existing: {', '.join(map(str, existing)) or 'none'})",
+                    versions=existing)
+            return aliases.set_alias(conn, application_name, domain_name, entry_type, alias,
+                                     version, user)
+        return self._write("alias", work)
+
+    def remove_alias(self, application_name: str, domain_name: str, entry_type: str,
+                     alias: str, user: str) -> Optional[int]:
+        return self._write("alias", lambda conn: aliases.remove_alias(
+            conn, application_name, domain_name, entry_type, alias, user))
+
+    def read_aliases(self, read: Callable[[Connection], Any], default: Any) -> Any:
+        """Run ``read(conn)`` on the alias table; ``default`` for a store that has none yet."""
+        with self._transactions().read() as conn:
+            if aliases.TABLE_NAME not in self._tables:
+                self._tables[aliases.TABLE_NAME] = sa.inspect(conn).has_table(aliases.TABLE_NAME)
+            if not self._tables[aliases.TABLE_NAME]:
+                return default
+            return read(conn)
 
     # ------------------------------------------------------------------ verifying
     def unfinished(self, application_name: str) -> Unfinished:
