@@ -22,6 +22,12 @@ message no queue is bound for, so declare and bind durable queues before
 relaying (the events stay in the store: a consumer can catch up with
 ``store.changes()``).
 
+The relay runs on pika's asynchronous ``SelectConnection``: a batch is sent
+at once and its confirmations arrive together (one broker fsync for many
+messages), about 10x the rate of pika's ``BlockingChannel``, which waits for
+each message's confirmation before sending the next. Its connection shows as
+``ams-store relay <name>`` in RabbitMQ's connection list.
+
 ``pika`` is an optional dependency: ``pip install "ams-store[rabbitmq]"``.
 """
 
@@ -129,184 +135,87 @@ def publish(source: ChangeSource, amqp_url: str, exchange: str = DEFAULT_EXCHANG
             batch: int = 500, should_stop: Callable[[], bool] | None = None) -> int:
     """Publish the events after relay ``relay``'s cursor to ``exchange``; return how many.
 
-    Declares ``exchange`` as a durable topic exchange and publishes with
-    publisher confirms, ``batch`` events at a time; the cursor advances (in
-    the store) only to the last event the broker confirmed. ``once=True``
-    publishes what is pending and returns. Otherwise it polls every
-    ``interval`` seconds until ``should_stop()`` is true or Ctrl-C
-    (``KeyboardInterrupt``), and if the broker goes away it keeps retrying,
-    up to every 30 s, logging a warning.
+    Declares ``exchange`` as a durable topic exchange, publishes ``batch``
+    events at a time with publisher confirms (a batch is sent at once and its
+    confirmations are awaited together), and advances the cursor (in the
+    store) to the last event of the batch that the broker confirmed, with
+    every event before it confirmed too. ``once=True`` publishes what is
+    pending and returns. Otherwise it polls every ``interval`` seconds until
+    ``should_stop()`` is true or Ctrl-C (``KeyboardInterrupt``); if the broker
+    goes away it reconnects, waiting up to 30 s between attempts and logging
+    a warning.
 
     Raises :class:`~ams.errors.BrokerError` (one line naming ``host:port``,
     never the password) when the broker cannot be reached at start, refuses
-    the login, the exchange (e.g. one of another type by that name) or a
-    message; :class:`~ams.errors.MissingDependencyError` without pika.
+    the login, the virtual host, the exchange (e.g. one of another type by
+    that name) or a message that is too large, or (``once=True``) goes away or
+    nacks a message; :class:`~ams.errors.MissingDependencyError` without
+    pika. Errors of ``source`` (the store) are raised as they are.
     """
     _check_arguments(amqp_url, exchange, relay, once, interval, batch, should_stop)
     pika = _import_pika()
-    broker = _Broker(pika, amqp_url, exchange)
+    target = _Target(pika, amqp_url, exchange, relay)
+    progress = _Progress(source, relay)
     stop: Callable[[], bool] = should_stop or (lambda: False)
-    relayed = _Relay(source, broker, relay, batch)
-    retry = interval
+    retry, ever_connected = interval, False
     try:
-        try:
-            broker.connect()
-        except _Unavailable as error:
-            raise BrokerError(str(error)) from None
         while True:
+            session = _Session(pika, target, progress, batch, once, interval, stop)
             try:
-                if not broker.is_open:
-                    broker.connect()
-                relayed.publish_pending()
-                if once:
-                    return relayed.published
-                retry = interval
-                if broker.sleep(interval, stop):
-                    return relayed.published
+                session.run()
+                return progress.published
             except _Unavailable as error:
-                if once:
+                ever_connected = ever_connected or session.ready
+                if once or not ever_connected:
                     raise BrokerError(str(error)) from None
-                broker.close()
+                retry = interval if session.ready else retry
                 retry = min(max(retry * 2, 1.0), MAX_RETRY_SECONDS)
                 LOGGER.warning("relay %r: %s; retrying in %.0f s", relay, error, retry)
-                if broker.sleep(retry, stop):
-                    return relayed.published
+                if _wait(retry, stop):
+                    return progress.published
     except KeyboardInterrupt:
         if once:
             raise
-        LOGGER.info("relay %r interrupted after %d events", relay, relayed.published)
-        return relayed.published
-    finally:
-        broker.close()
-
-
-class _Relay:
-    """Moves events from a source to a broker, advancing the cursor behind the confirmations."""
-
-    def __init__(self, source: ChangeSource, broker: _Broker, relay: str, batch: int) -> None:
-        self.source, self.broker, self.relay, self.batch = source, broker, relay, batch
-        self.published = 0
-
-    def publish_pending(self) -> None:
-        """Publish batches until none is left; the cursor moves after each batch."""
-        while True:
-            cursor = self.source.relay_cursor(self.relay)
-            events = self.source.changes(after=cursor, limit=self.batch)
-            if not events:
-                return
-            confirmed = cursor
-            try:
-                for event in events:
-                    self.broker.send(event)  # returns once the broker confirmed it
-                    confirmed = event["id"]
-                    self.published += 1
-            finally:  # also on a broker failure or Ctrl-C: keep what was confirmed
-                if confirmed > cursor:
-                    self.source.advance_relay(self.relay, confirmed)
-                    LOGGER.debug("relay %r: confirmed events up to %d", self.relay, confirmed)
-            if len(events) < self.batch:
-                return
+        LOGGER.info("relay %r interrupted after %d events", relay, progress.published)
+        return progress.published
 
 
 class _Unavailable(Exception):
     """The broker went away or is not there yet: worth trying again later."""
 
 
-class _Broker:
-    """One blocking pika connection with a confirming channel on the declared exchange."""
+class _Target:
+    """Where to publish: connection parameters, the exchange, and how to name failures."""
 
-    def __init__(self, pika: Any, amqp_url: str, exchange: str) -> None:
+    def __init__(self, pika: Any, amqp_url: str, exchange: str, relay: str) -> None:
         self.pika = pika
         try:
             self.parameters = pika.URLParameters(amqp_url)
         except Exception as error:  # noqa: BLE001 - pika raises IndexError, ValueError, ...
             raise InvalidArgumentError(f"bad AMQP URL: {_first_line(error) or type(error).__name__}"
                                        f" (expected amqp://user:password@host:port/vhost)") from None
-        host = self.parameters.host
-        self.where = f"[{host}]:{self.parameters.port}" if ":" in host else f"{host}:{self.parameters.port}"
+        # The name operators see in RabbitMQ's connection list.
+        self.parameters.client_properties = {"connection_name": f"ams-store relay {relay}"}
+        host, port = self.parameters.host, self.parameters.port
+        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.password = getattr(self.parameters.credentials, "password", None)
         self.exchange = exchange
-        self.connection: Any = None
-        self.channel: Any = None
-        self.properties = {"content_type": "application/json", "delivery_mode": 2}
 
-    @property
-    def is_open(self) -> bool:
-        return self.channel is not None and self.channel.is_open
-
-    def connect(self) -> None:
-        """Connect, declare the exchange, turn on confirms; :class:`_Unavailable` or BrokerError."""
-        errors = self.pika.exceptions
-        self.close()
-        try:
-            self.connection = self.pika.BlockingConnection(self.parameters)
-            channel = self.connection.channel()
-            channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-            channel.confirm_delivery()
-            self.channel = channel
-        except (errors.AMQPError, OSError) as error:
-            self.close()
-            message = (f"RabbitMQ broker at {self.where} (virtual host "
-                       f"{self.parameters.virtual_host!r}, exchange {self.exchange!r}): "
-                       f"{self._reason(error)}")
-            if self._permanent(error):
-                raise BrokerError(message) from None
-            raise _Unavailable(message) from None
-        LOGGER.info("relaying to exchange %r at %s", self.exchange, self.where)
-
-    def send(self, event: Mapping[str, Any]) -> None:
-        """Publish one event and wait for the broker's confirmation."""
-        errors = self.pika.exceptions
-        body = json.dumps(event, separators=(",", ":")).encode("utf-8")
-        properties = self.pika.BasicProperties(message_id=str(event["id"]), **self.properties)
-        try:
-            self.channel.basic_publish(self.exchange, routing_key(event), body, properties)
-        except errors.NackError:
-            raise _Unavailable(f"RabbitMQ broker at {self.where} did not accept event "
-                               f"{event['id']} (nack)") from None
-        except (errors.AMQPError, OSError) as error:
-            message = (f"RabbitMQ broker at {self.where} failed while publishing event "
-                       f"{event['id']} to exchange {self.exchange!r}: {self._reason(error)}")
-            if self._permanent(error):
-                raise BrokerError(message) from None
-            raise _Unavailable(message) from None
-
-    def sleep(self, seconds: float, should_stop: Callable[[], bool]) -> bool:
-        """Wait ``seconds`` (serving the connection's heartbeats); True when asked to stop."""
-        deadline = time.monotonic() + seconds
-        while not should_stop():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            step = min(left, 0.2)
-            if self.connection is not None and self.connection.is_open:
-                try:
-                    self.connection.sleep(step)
-                except (self.pika.exceptions.AMQPError, OSError) as error:
-                    self.close()
-                    raise _Unavailable(f"RabbitMQ broker at {self.where}: "
-                                       f"{self._reason(error)}") from None
-            else:
-                time.sleep(step)
-        return True
-
-    def close(self) -> None:
-        connection, self.connection, self.channel = self.connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception:
-                LOGGER.debug("closing the broker connection failed", exc_info=True)
+    def failure(self, error: BaseException, doing: str = "") -> Exception:
+        """A :class:`BrokerError` when retrying cannot help, else :class:`_Unavailable`; one line."""
+        message = (f"RabbitMQ broker at {self.where} (virtual host "
+                   f"{self.parameters.virtual_host!r}, exchange {self.exchange!r}): "
+                   f"{doing}{self._reason(error)}")
+        return BrokerError(message) if self._permanent(error) else _Unavailable(message)
 
     def _permanent(self, error: BaseException) -> bool:
-        """Whether retrying cannot help: a refused login, vhost, exchange or message."""
+        """A refused login, virtual host, exchange or message."""
         errors = self.pika.exceptions
         if isinstance(error, (errors.ProbableAuthenticationError, errors.AuthenticationError,
                               errors.ProbableAccessDeniedError)):
             return True
-        code = getattr(error, "reply_code", None)
-        return isinstance(error, (errors.ChannelClosedByBroker, errors.ConnectionClosedByBroker)) \
-            and code in _PERMANENT_CODES
+        return (isinstance(error, (errors.ChannelClosedByBroker, errors.ConnectionClosedByBroker))
+                and error.reply_code in _PERMANENT_CODES)
 
     def _reason(self, error: BaseException) -> str:
         errors = self.pika.exceptions
@@ -321,6 +230,219 @@ class _Broker:
             if "refused" in reason.lower():
                 reason += " (is RabbitMQ running there?)"
         return mask_password(reason, self.password)
+
+
+class _Progress:
+    """The relay's cursor in the store, and what it published; outlives reconnections."""
+
+    def __init__(self, source: ChangeSource, relay: str) -> None:
+        self.source, self.relay = source, relay
+        self.cursor = 0
+        self.published = 0
+
+    def read(self, batch: int) -> list[dict[str, Any]]:
+        self.cursor = self.source.relay_cursor(self.relay)
+        return self.source.changes(after=self.cursor, limit=batch)
+
+    def advance(self, last_id: int) -> None:
+        if last_id > self.cursor:
+            self.source.advance_relay(self.relay, last_id)
+            self.cursor = last_id
+            LOGGER.debug("relay %r: confirmed events up to %d", self.relay, last_id)
+
+
+class _Session:
+    """One connection on pika's asynchronous ioloop: declare, confirm, publish batch after batch.
+
+    Every callback that reads or writes the store runs through :meth:`_guard`:
+    an error stops the ioloop and :meth:`run` raises it.
+    """
+
+    def __init__(self, pika: Any, target: _Target, progress: _Progress, batch: int, once: bool,
+                 interval: float, stop: Callable[[], bool]) -> None:
+        self.pika, self.target, self.progress = pika, target, progress
+        self.batch, self.once, self.interval, self.stop = batch, once, interval, stop
+        self.properties = {"content_type": "application/json", "delivery_mode": 2}
+        self.connection: Any = None
+        self.channel: Any = None
+        self.ready = False         # the exchange is declared and confirms are on
+        self.closing = False       # we asked for the close
+        self.failure: BaseException | None = None
+        self.sent: list[tuple[int, int]] = []  # (delivery tag, event id) of the batch in flight
+        self.unconfirmed: set[int] = set()
+        self.refused: set[int] = set()         # nacked tags
+        self.full = False                      # the batch in flight was a full one
+        self.tag = 0
+
+    def run(self) -> None:
+        self.connection = self.pika.SelectConnection(
+            self.target.parameters, on_open_callback=self._opened,
+            on_open_error_callback=self._open_failed, on_close_callback=self._closed)
+        try:
+            self.connection.ioloop.start()
+        except BaseException:  # Ctrl-C (or an error pika let through): keep what was confirmed
+            self._guard(self._record)
+            self._abandon()
+            raise
+        if self.failure is not None:
+            raise self.failure
+
+    # ------------------------------------------------------------------ connection and channel
+    def _opened(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._channel_opened)
+
+    def _open_failed(self, connection: Any, error: BaseException) -> None:
+        self.failure = self.target.failure(error)
+        connection.ioloop.stop()
+
+    def _closed(self, connection: Any, reason: BaseException) -> None:
+        if not self.closing and self.failure is None:
+            self.failure = self.target.failure(reason, "lost the connection: ")
+        self._guard(self._record)
+        connection.ioloop.stop()
+
+    def _channel_opened(self, channel: Any) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._channel_closed)
+        channel.exchange_declare(self.target.exchange, exchange_type="topic", durable=True,
+                                 callback=self._declared)
+
+    def _channel_closed(self, _channel: Any, reason: BaseException) -> None:
+        if not self.closing and self.failure is None:
+            self.failure = self.target.failure(reason)
+        self._close()
+
+    def _declared(self, _frame: Any) -> None:
+        self.channel.confirm_delivery(ack_nack_callback=self._confirmed, callback=self._confirming)
+
+    def _confirming(self, _frame: Any) -> None:
+        self.ready = True
+        LOGGER.info("relay %r: publishing to exchange %r at %s", self.progress.relay,
+                    self.target.exchange, self.target.where)
+        self._guard(self._next_batch)
+
+    def _close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.connection.is_open:
+            self.connection.close()  # then _closed stops the ioloop
+        elif not self.connection.is_closing:
+            self.connection.ioloop.stop()
+
+    def _abandon(self) -> None:
+        """Close after an interruption, waiting at most 2 s for the broker."""
+        connection = self.connection
+        if connection is None or connection.is_closed:
+            return
+        self.closing = True
+        try:
+            if connection.is_open:
+                connection.close()
+            connection.ioloop.call_later(2.0, connection.ioloop.stop)
+            connection.ioloop.start()
+        except Exception:
+            LOGGER.debug("closing the broker connection failed", exc_info=True)
+
+    def _guard(self, work: Callable[..., None], *args: Any) -> None:
+        """Run ``work``; on an error remember it and close (the first error wins)."""
+        try:
+            work(*args)
+        except (self.pika.exceptions.AMQPError, OSError) as error:
+            self.failure = self.failure or self.target.failure(error)
+            self._close()
+        except Exception as error:  # noqa: BLE001 - the store's error, raised by run()
+            self.failure = self.failure or error
+            self._close()
+
+    # ------------------------------------------------------------------ publishing
+    def _next_batch(self) -> None:
+        if self.closing:
+            return
+        if self.stop():
+            self._close()
+            return
+        events = self.progress.read(self.batch)
+        if not events:
+            self._idle()
+            return
+        self.full = len(events) == self.batch
+        self.sent, self.unconfirmed, self.refused = [], set(), set()
+        for event in events:
+            properties = self.pika.BasicProperties(message_id=str(event["id"]), **self.properties)
+            self.channel.basic_publish(self.target.exchange, routing_key(event),
+                                       json.dumps(event, separators=(",", ":")).encode("utf-8"),
+                                       properties)
+            self.tag += 1
+            self.sent.append((self.tag, event["id"]))
+            self.unconfirmed.add(self.tag)
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        tags = ({tag for tag in self.unconfirmed if tag <= method.delivery_tag} if method.multiple
+                else {method.delivery_tag} & self.unconfirmed)
+        self.unconfirmed -= tags
+        if isinstance(method, self.pika.spec.Basic.Nack):
+            self.refused |= tags
+        else:
+            self.progress.published += len(tags)
+        if self.unconfirmed:
+            return
+        self._guard(self._batch_done)
+
+    def _batch_done(self) -> None:
+        self._record()
+        if self.refused:
+            first = min(event_id for tag, event_id in self.sent if tag in self.refused)
+            self.failure = _Unavailable(f"RabbitMQ broker at {self.target.where} did not accept "
+                                        f"event {first} (nack)")
+            self._close()
+        elif self.full:
+            self._next_batch()
+        else:
+            self._idle()
+
+    def _record(self) -> None:
+        """Advance the cursor over the confirmed events at the head of the batch in flight."""
+        last = None
+        for tag, event_id in self.sent:
+            if tag in self.unconfirmed or tag in self.refused:
+                break
+            last = event_id
+        if last is not None:
+            self.progress.advance(last)
+
+    def _idle(self) -> None:
+        """Nothing (more) to send: done in once-mode, else look again after ``interval``."""
+        if self.once:
+            self._close()
+            return
+        deadline = time.monotonic() + self.interval
+        self._wait_until(deadline)
+
+    def _wait_until(self, deadline: float) -> None:
+        if self.closing:
+            return
+        if self.stop():
+            self._close()
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._next_batch()
+            return
+        self.connection.ioloop.call_later(min(left, 0.2),
+                                          lambda: self._guard(self._wait_until, deadline))
+
+
+def _wait(seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """Sleep ``seconds`` (no connection to serve); True when asked to stop."""
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, 0.2))
+    return True
 
 
 def _cause(error: BaseException) -> BaseException:

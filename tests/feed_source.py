@@ -171,8 +171,9 @@ def poller(url: str, stop, results) -> None:
     results.put({"seen": seen, "reads": reads})
 
 
-def relay(url: str, amqp_url: str, exchange: str, relay_name: str, interval: float = 0.05) -> None:
+def relay(url: str, amqp_url: str, exchange: str, relay_name: str, batch: int = 50,
+          interval: float = 0.05) -> None:
     """Publish continuously until killed."""
     from ams.events import publish
     source = FeedSource(url)
-    publish(source, amqp_url, exchange=exchange, relay=relay_name, interval=interval, batch=20)
+    publish(source, amqp_url, exchange=exchange, relay=relay_name, interval=interval, batch=batch)

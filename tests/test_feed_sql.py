@@ -137,6 +137,17 @@ def test_a_large_event_fits(source):
     assert got["files"] == files and got["count"] == 2000
 
 
+def test_many_large_events_go_in_statements_that_fit(source):
+    """An import's events can hold every file imported: one statement per 4 MB of them."""
+    big = [[f"/scratch/{'é' * 480}/v{version}_{index:04d}.h5" for index in range(2000)]
+           for version in range(4)]  # ~2 MB of UTF-8 each
+    ids = source.append([event(action="import", version=v, files=files)
+                         for v, files in enumerate(big)])
+    got = source.changes()
+    assert [e["id"] for e in got] == ids and len(set(ids)) == 4
+    assert [e["files"] for e in got] == big and [e["version"] for e in got] == [0, 1, 2, 3]
+
+
 def test_a_rolled_back_transaction_leaves_no_event(source):
     source.append([event(version=1)])
     with pytest.raises(Rollback), source.write() as conn:

@@ -32,7 +32,7 @@ from ams.errors import (
 
 AMQP_URL = os.environ.get("AMS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 START_HINT = "start one with: rabbitmq-server -detached (or set AMS_TEST_AMQP_URL)"
-N_WRITERS, APPENDS_EACH, KILLS = 4, 50, 5
+N_WRITERS, APPENDS_EACH, KILLS, BACKLOG = 4, 50, 5, 5000
 DEADLINE = 240
 _BROKER: dict[str, Any] = {}
 
@@ -69,11 +69,13 @@ class Broker:
     def drain(self) -> list[tuple[str, Any, bytes]]:
         """Every message in the queue now: (routing key, properties, body), in queue order."""
         messages = []
-        while True:
-            method, properties, body = self.channel.basic_get(self.queue, auto_ack=True)
-            if method is None:
-                return messages
+        for method, properties, body in self.channel.consume(self.queue, auto_ack=True,
+                                                             inactivity_timeout=0.5):
+            if method is None:  # nothing came for 0.5 s: the queue is empty
+                break
             messages.append((method.routing_key, properties, body))
+        self.channel.cancel()
+        return messages
 
     def close(self) -> None:
         self.channel.queue_delete(self.queue)
@@ -189,30 +191,45 @@ def test_continuous_mode_polls_until_asked_to_stop(source, broker):
 
 def test_continuous_mode_reconnects_when_the_connection_drops(source, broker, monkeypatch, caplog):
     ids = source.append([event(version=v) for v in range(1, 6)])
-    send = events._Broker.send
-    calls = {"n": 0}
+    sessions = []
+    run = events._Session.run
 
-    def send_then_drop(self, change):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            self.connection.close()  # the broker went away under the relay
-        return send(self, change)
+    def recorded_run(self):
+        sessions.append(self)
+        return run(self)
 
-    monkeypatch.setattr(events._Broker, "send", send_then_drop)
+    class DroppingSource:
+        """Drops the broker connection right after the first batch was confirmed and recorded."""
+
+        def changes(self, after, limit):
+            return source.changes(after=after, limit=limit)
+
+        def relay_cursor(self, relay):
+            return source.relay_cursor(relay)
+
+        def advance_relay(self, relay, last_id):
+            source.advance_relay(relay, last_id)
+            if len(sessions) == 1:
+                sessions[0].connection.close()  # not asked for by the relay: a lost connection
+
+    monkeypatch.setattr(events._Session, "run", recorded_run)
     with caplog.at_level("WARNING", logger="ams.events"):
-        assert events.publish(source, AMQP_URL, exchange=broker.exchange, relay="drop",
-                              interval=0.05,
+        assert events.publish(DroppingSource(), AMQP_URL, exchange=broker.exchange, relay="drop",
+                              interval=0.05, batch=2,
                               should_stop=lambda: source.relay_cursor("drop") == ids[-1]) == 5
+    assert len(sessions) == 2
     assert "retrying in 1 s" in caplog.text
-    assert_messages_are(broker.drain(), source.changes())  # the unconfirmed one, once
+    assert_messages_are(broker.drain(), source.changes())  # each once
 
 
 def test_killed_and_restarted_relay_loses_nothing(source, broker, feed_url):
-    """4 writers x 50 appends (some rolled back) while the relay is SIGKILLed 5 times."""
+    """A backlog, then 4 writers x 50 appends (some rolled back) while the relay is SIGKILLed 5 times."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["sqlalchemy", "pika", "ams.events", "ams.catalog.feed",
                                 "feed_source"])
     rng = random.Random(15)
+    backlog = len(source.append([event(version=v, files=[f"/data/backlog/{v}.h5"])
+                                 for v in range(BACKLOG)]))
 
     def start():
         process = ctx.Process(target=relay, args=(feed_url, AMQP_URL, broker.exchange, "kill"))
@@ -228,7 +245,7 @@ def test_killed_and_restarted_relay_loses_nothing(source, broker, feed_url):
             running.kill()  # SIGKILL: no cleanup, no cursor update
             running.join(DEADLINE)
             running = start()
-        committed = sum(job.get(DEADLINE) for job in jobs)
+        committed = backlog + sum(job.get(DEADLINE) for job in jobs)
     time.sleep(0.5)
     running.kill()
     running.join(DEADLINE)

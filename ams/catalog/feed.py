@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,6 +91,8 @@ EXTRAS = ("to_entry_type", "to_version", "alias", "previous")
 _BODY = ("files", "count", "bytes")
 #: Characters of a name column: Sina's names are VARCHAR(255) too.
 _NAME = 255
+#: Bytes of event bodies per INSERT statement (MariaDB's default max_allowed_packet is 16 MiB).
+_STATEMENT_BYTES = 4_000_000
 
 _METADATA = sa.MetaData()
 _MARIADB_OPTIONS: dict[str, Any] = {
@@ -179,23 +181,39 @@ def append(conn: Connection, events: Sequence[Mapping[str, Any]]) -> list[int]:
     ``entry_type``, ``action`` (one of :data:`ACTIONS`), ``version`` (int or
     None), ``files`` (absolute paths) and ``bytes``, and optionally the
     :data:`EXTRAS`. ``count`` is ``len(files)``; all events of one call get
-    the same ``time`` (now, UTC). One INSERT statement for all events (the
-    driver's executemany: one prepared statement on SQLite, one multi-row
-    INSERT with mysql-connector); for several events one SELECT of the new
-    ids follows: the caller's write lock guarantees that the newest ids in the
+    the same ``time`` (now, UTC). One INSERT statement for all events, or
+    one per 4 MB of them (the driver's executemany: one prepared statement on
+    SQLite, one multi-row INSERT with mysql-connector); for several events
+    one SELECT of the new ids follows: the caller's write lock guarantees that the newest ids in the
     table are this call's, numbered in the order of ``events``.
     """
     if not events:
         return []
     now = utc_now()
     rows = [_row(event, now) for event in events]
-    result = conn.execute(CHANGE.insert(), rows)  # a cached statement, one execute(many)
+    for chunk in _chunks(rows):
+        result = conn.execute(CHANGE.insert(), chunk)  # a cached statement, one execute(many)
     key = result.inserted_primary_key if len(rows) == 1 else None  # the driver's lastrowid
     if key is not None and key[0] is not None:
         return [int(key[0])]
     newest = conn.execute(sa.select(CHANGE.c.id).order_by(CHANGE.c.id.desc())
                           .limit(len(rows))).scalars().all()
     return sorted(int(value) for value in newest)
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` in groups whose bodies stay under 4 MB: mysql-connector sends one
+    executemany as one multi-row INSERT, which must fit MariaDB's max_allowed_packet."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        row_size = len(row["body"].encode("utf-8")) + 1024  # plus the other columns, roughly
+        if chunk and size + row_size > _STATEMENT_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    yield chunk
 
 
 def _row(event: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -214,7 +232,7 @@ def _row(event: Mapping[str, Any], now: str) -> dict[str, Any]:
     return {"application_name": event["application_name"], "domain_name": event["domain_name"],
             "entry_type": event["entry_type"], "action": action,
             "version": None if version is None else int(version), "time": now,
-            "body": json.dumps(body, separators=(",", ":"))}
+            "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False)}
 
 
 def utc_now() -> str:
