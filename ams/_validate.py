@@ -323,3 +323,40 @@ def boolean(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentTypeError(f"{what} must be True or False, not {_short(value)}")
     return value
+
+
+# --------------------------------------------------------------------------- change feed
+MAX_CHANGES_LIMIT = 100_000  # events per read: each carries its file list
+_entry_type = entry_type     # changes_arguments' parameter of that name hides the check
+
+
+def event_id(value: Any, what: str = "after") -> int:
+    """A change-feed event id or cursor: an int >= 0 (0 is "before the first event")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentTypeError(f"{what} must be an int, not {type(value).__name__} "
+                                       f"({_short(value)})")
+    if value < 0:
+        raise InvalidArgumentError(f"{what} must be >= 0, not {value}")
+    return int(value)
+
+
+def changes_arguments(after: Any = 0, limit: Any = 1000, domain_name: Any = None,
+                      entry_type: Any = None, action: Any = None) -> dict[str, Any]:
+    """Check the arguments of ``changes()``; return them as keyword arguments of ``feed.read``.
+
+    >>> changes_arguments(after=3, limit=10, action="add")["after"]
+    3
+    """
+    from .catalog.feed import ACTIONS  # here: ams.catalog imports this module
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+        raise InvalidArgumentTypeError(f"limit must be an int, not {type(limit).__name__} "
+                                       f"({_short(limit)})")
+    if not 1 <= limit <= MAX_CHANGES_LIMIT:
+        raise InvalidArgumentError(f"limit must be between 1 and {MAX_CHANGES_LIMIT}, not {limit}")
+    if action is not None and (not isinstance(action, str) or action not in ACTIONS):
+        raise InvalidArgumentError(f"unknown change action {_short(action)}; valid: "
+                                   + ", ".join(ACTIONS))
+    return {"after": event_id(after, "after"), "limit": int(limit),
+            "domain_name": optional_name(domain_name, "domain name"),
+            "entry_type": None if entry_type is None else _entry_type(entry_type),
+            "action": action}

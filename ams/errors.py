@@ -22,6 +22,7 @@ __all__ = [
     "NotFoundError",
     "BackendError",
     "ConcurrencyError",
+    "BrokerError",
     "MissingDependencyError",
     "ImportSourceError",
     "LineageError",
@@ -105,6 +106,10 @@ class BackendError(AMSStoreError, RuntimeError):
 
 class ConcurrencyError(BackendError):
     """A write kept conflicting with other writers after all retries."""
+
+
+class BrokerError(BackendError):
+    """The message broker (RabbitMQ) failed: unreachable, refused the login, or refused a message."""
 
 
 class MissingDependencyError(AMSStoreError, ImportError):
