@@ -45,6 +45,8 @@ WRITES: Dict[str, Callable[[AMSDataStore, Dict[str, str], Any], Any]] = {
     "move": lambda s, p, t: s.move("EOS", t / "promoted", "candidates", "data", [p["cand"]]),
     "import_from": lambda s, p, t: s.import_from(str(t / "store" / "ams.db")),
     "verify-repair": lambda s, p, t: s.verify(repair=True),
+    "set_alias": lambda s, p, t: s.set_alias("EOS", "champion", 1),
+    "remove_alias": lambda s, p, t: s.remove_alias("EOS", "champion"),
 }
 
 
@@ -72,7 +74,7 @@ def test_write_methods_are_all_listed():
              "suggest_candidate_file_name", "open", "close", "is_open", "verify",
              "load_model", "load_data", "kosh_dataset", "model_lineage",
              "get_data_path", "get_model_path", "get_candidate_path", "get_raw_content",
-             "deployment_config"}
+             "deployment_config", "get_alias", "alias_history", "aliases"}
     public = {name for name in dir(AMSDataStore)
               if not name.startswith("_") and callable(getattr(AMSDataStore, name))}
     writes = {name.split("-")[0] for name in WRITES}
