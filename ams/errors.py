@@ -41,7 +41,7 @@ class AMSStoreError(Exception):
     given), so callers need not parse messages::
 
         except DuplicateEntryError as error:
-            print(error.path)
+            skipped.append(error.path)
     """
 
     path = None
