@@ -14,8 +14,14 @@ import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from . import formats, metadata_codec
-from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError,
-                     InvalidMetadataError, MissingFileError, UnknownEntryTypeError)
+from .errors import (
+    DestinationExistsError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    MissingFileError,
+    UnknownEntryTypeError,
+)
 from .keys import ENTRY_TYPES
 
 MAX_NAME_LENGTH = 255      # Sina's name columns are VARCHAR(255)

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import _validate
-from .keys import MODEL_FIELDS
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .importer import CONFIG_NAME, DEFAULT_STORE_NAME
+from .keys import MODEL_FIELDS
 from .store_types import EntryDict, FlatEntryDict
 
 __all__ = ["CONFIG_NAME", "DEFAULT_STORE_NAME", "STORE_FOLDERS", "StoreCompat", "KoshEraStore",

@@ -38,9 +38,9 @@ import sqlalchemy as sa
 from . import _validate
 from .catalog import Catalog, NewFile, now_string
 from .catalog.records import Dataset
+from .errors import AMSStoreError, ImportSourceError
 from .files import fast_sha
 from .keys import ENTRY_TYPES, KOSH_FILE_FIELDS, MIME_TYPES
-from .errors import AMSStoreError, ImportSourceError
 from .url import StoreURL, parse_store_url
 
 __all__ = ["ImportReport", "ImportCounts", "import_catalogue", "CONFIG_NAME"]

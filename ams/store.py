@@ -20,9 +20,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import _match, _validate, importer, notebook
 from .catalog import Catalog, NewFile, now_string
-from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
-                     NotFoundError, ReadOnlyStoreError, StoreClosedError)
 from .compat import StoreCompat, create_store_directories, remove_aliases
+from .errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MissingFileError,
+    NotFoundError,
+    ReadOnlyStoreError,
+    StoreClosedError,
+)
 from .files import fast_sha
 from .importer import ImportReport
 from .keys import ENTRY_TYPES, MIME_TYPES, RESERVED_KEYS, RESERVED_MODEL_KEYS, SUFFIXES

@@ -14,8 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -27,11 +26,20 @@ from ..store_types import Entry
 from ..url import StoreURL
 from . import reads, schema, writes
 from .filesystems import refuse_network_filesystem
-from .records import (Dataset, FileRecord, MemberDataset, NewFile, StoreKinds, bootstrap_records, now_string,
-                      record_rows, user_id, username)
+from .records import (
+    Dataset,
+    FileRecord,
+    MemberDataset,
+    NewFile,
+    StoreKinds,
+    bootstrap_records,
+    now_string,
+    record_rows,
+    user_id,
+    username,
+)
 from .sql import RECORD, Rows, extend, insert
-from .transactions import (CONNECT_TIMEOUT_SECONDS, DUPLICATE_KEY, STORE_INFO_ID, Transactions,
-                           create_engine)
+from .transactions import CONNECT_TIMEOUT_SECONDS, DUPLICATE_KEY, STORE_INFO_ID, Transactions, create_engine
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sina import sjson
 from sqlalchemy.engine import Connection
 
-from .records import (Dataset, Ensemble, FileRecord, MemberDataset, StoreKinds, as_int)
+from .records import Dataset, Ensemble, FileRecord, MemberDataset, StoreKinds, as_int
 from .sql import RECORD, RELATIONSHIP, STRING_LIST_ENTRY, chunks, marks, run, stream
 
 #: A search narrowed in SQL to at most this many records fetches them by id.
