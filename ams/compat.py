@@ -39,13 +39,21 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 from . import _validate
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .importer import CONFIG_NAME, DEFAULT_STORE_NAME
 from .keys import MODEL_FIELDS
 from .store_types import EntryDict, FlatEntryDict
+
+if TYPE_CHECKING:
+    from .store import AMSDataStore
+    from .url import StoreURL
+
+    _KoshEraBase = AMSDataStore
+else:
+    _KoshEraBase = object
 
 __all__ = ["CONFIG_NAME", "DEFAULT_STORE_NAME", "STORE_FOLDERS", "StoreCompat", "KoshEraStore",
            "create_store_directories", "store_config", "write_store_config", "is_original_call",
@@ -198,6 +206,17 @@ class StoreCompat:
     ``_remove_entries``, ``_suggest_entry_file_name``, ``entry_mime_types``,
     ``valid_entries``.
     """
+
+    if TYPE_CHECKING:  # provided by the concrete class, ams.store.AMSDataStore
+        entry_mime_types: Dict[str, str]
+        valid_entries: Set[str]
+        find: Callable[..., List[EntryDict]]
+        _add_entries: Callable[..., int]
+        _remove_entries: Callable[..., Any]
+        _suggest_entry_file_name: Callable[..., str]
+
+        @property
+        def url(self) -> StoreURL: ...
 
     def __new__(cls, *args: Any, **kwargs: Any):
         if not issubclass(cls, KoshEraStore) and is_original_call(args, kwargs):
@@ -369,7 +388,7 @@ class StoreCompat:
 
 
 # --------------------------------------------------------------------------- original form
-class KoshEraStore:
+class KoshEraStore(_KoshEraBase):  # object at run time: a mixin put before AMSDataStore
     """A store built with the original Kosh backend's arguments, behaving as it did.
 
     ``AMSDataStore(store_path, store_name, name, delete_all_contents=False)``
