@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import stat
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union, cast
 
 from . import formats, metadata_codec
 from .errors import (
@@ -306,7 +306,7 @@ def error_value(value: Any, what: str) -> float:
         raise InvalidMetadataError(f"{what} = {value!r}: NaN and infinities cannot be stored")
     if number < 0:
         raise InvalidMetadataError(f"{what} must not be negative, not {_short(value)}")
-    return number if isinstance(value, float) else value
+    return number if isinstance(value, float) else cast(float, value)  # an int stays an int
 
 
 def move_targets(sources: Sequence[str], dest_root: str) -> List[str]:

@@ -39,7 +39,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union, cast
 
 from . import _validate
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -141,7 +141,8 @@ def kosh_era_class(base: Optional[type] = None) -> type:
     era class, so ``MyStore(path, "x.sql", "app")`` is still a ``MyStore``.
     """
     if base is None:
-        from .store import AMSDataStore as base
+        from .store import AMSDataStore
+        base = AMSDataStore
     era = _ERA_CLASSES.get(base)
     if era is None:
         name = f"KoshEra{base.__name__}"
@@ -210,7 +211,7 @@ class StoreCompat:
     if TYPE_CHECKING:  # provided by the concrete class, ams.store.AMSDataStore
         entry_mime_types: Dict[str, str]
         valid_entries: Set[str]
-        find: Callable[..., List[EntryDict]]
+        find: Callable[..., Any]
         _add_entries: Callable[..., int]
         _remove_entries: Callable[..., Any]
         _suggest_entry_file_name: Callable[..., str]
@@ -240,13 +241,13 @@ class StoreCompat:
         if given is not None:
             return given
         if self.url.backend == "sqlite":
-            return Path(os.path.realpath(os.path.dirname(self.url.path)))
+            return Path(os.path.realpath(os.path.dirname(cast(str, self.url.path))))
         return None
 
     @property
     def store_path(self) -> Optional[Path]:
         """The SQLite (Kosh) file of the store; None on MariaDB."""
-        return Path(self.url.path) if self.url.backend == "sqlite" else None
+        return Path(cast(str, self.url.path)) if self.url.backend == "sqlite" else None
 
     def _entry_folder(self, entry: str) -> Path:
         """``root_path / entry``, created if missing."""
@@ -460,7 +461,7 @@ class KoshEraStore(_KoshEraBase):  # object at run time: a mixin put before AMSD
         if not files:
             if version is None and not metadata:
                 return RemoveReport()  # the original removed nothing
-            return self._remove_entries(domain_name, entry, None, version, metadata,
+            return self._remove_entries(domain_name, entry, None, version, metadata,  # type: ignore[arg-type]  # None: every domain, as the original
                                         delete_files, force=force)
         return self._remove_entry_file(domain_name, entry, files, delete_files, version=version,
                                        metadata=metadata, force=force)
@@ -507,10 +508,10 @@ class KoshEraStore(_KoshEraBase):  # object at run time: a mixin put before AMSD
         if files is None or (isinstance(files, (list, tuple)) and not files):
             return []
         return super().move(domain_name, self._entry_folder(dest_entry), src_entry, dest_entry,
-                            files, version)
+                            files, version)  # type: ignore[arg-type]  # move() validates path-likes
 
     # ------------------------------------------------------------------ searching
-    def search(self, domain_name: Optional[str] = None, entry: Optional[str] = None,
+    def search(self, domain_name: Optional[str] = None, entry: Optional[str] = None,  # type: ignore[override]  # flat dicts, as the original
                version: Union[None, int, str] = None,
                metadata: Optional[Mapping[str, Any]] = None) -> List[FlatEntryDict]:
         """The original's flat results; ``version="latest"``: one entry, of the highest version.
@@ -518,7 +519,7 @@ class KoshEraStore(_KoshEraBase):  # object at run time: a mixin put before AMSD
         Metadata conditions as in the reference's ``search``; the version
         selector is passed on unchanged (``"latest"``, an int, a digit string).
         """
-        found: List[EntryDict] = super().search(domain_name, entry, version, metadata)
+        found = cast(List[EntryDict], super().search(domain_name, entry, version, metadata))
         if found and isinstance(version, str) and version == "latest":
             top = max(item["version"] for item in found)
             found = [next(item for item in found if item["version"] == top)]

@@ -11,7 +11,7 @@ resolved.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import sqlalchemy as sa
 from sina import sjson
@@ -314,6 +314,7 @@ def _condition_sql(key: str, op: str, operand: Any) -> Optional[List[Tuple[str, 
         return _condition_sql(key, "in", [operand])
     if op not in ("<", "<=", ">", ">=") or isinstance(operand, (list, bool)):
         return None  # "!=" and lists: no index helps
+    value: Union[str, float]
     if isinstance(operand, str):
         table, value, compare = "StringData", operand, op
     else:

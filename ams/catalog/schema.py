@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any, List, Optional, Tuple, cast
 
 import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
@@ -158,8 +159,8 @@ def _create(engine: sa.engine.Engine, schema: "functools._lru_cache_wrapper[sa.M
     existing = _existing(engine)
     created: list[str] = []
     for table in metadata.sorted_tables:
-        steps = [(None, CreateTable(table))]
-        steps += [(ix.name, CreateIndex(ix)) for ix in sorted(table.indexes, key=lambda i: i.name)]
+        steps: List[Tuple[Optional[str], Any]] = [(None, CreateTable(table))]
+        steps += [(ix.name, CreateIndex(ix)) for ix in sorted(table.indexes, key=lambda i: cast(str, i.name))]
         for index, ddl in steps:
             key = (table.name, index)
             if key in existing:
