@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional, Union, cast
+from typing import Any, Dict, List, Optional, Type, Union, cast
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
 from .metadata_codec import decode_metadata
@@ -52,7 +52,7 @@ class UQAggregate(_LenientEnum):
     mean = "mean"
 
 
-def _as_enum(enum_type: type, value: Any, what: str) -> Optional[Enum]:
+def _as_enum(enum_type: Type[Enum], value: Any, what: str) -> Optional[Enum]:
     """Accept an enum member or its name/value in any case (as the CLI passes strings)."""
     if value is None or isinstance(value, enum_type):
         return cast(Optional[Enum], value)

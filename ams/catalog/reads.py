@@ -207,7 +207,7 @@ def describe_datasets(conn: Connection, kinds: StoreKinds, dataset_ids: List[str
                                               RELATIONSHIP.c.predicate == kinds.predicate))
             .where(RECORD.c.id.in_(chunk))).all()
         ensemble_ids = [r[2] for r in rows if r[2]]
-        ensembles = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw)
+        ensembles: Dict[Any, Any] = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw)
                                       .where(RECORD.c.id.in_(ensemble_ids))).all()) if ensemble_ids else {}
         for dataset_id, raw, ensemble_id in rows:
             data = sjson.loads(raw)["data"]

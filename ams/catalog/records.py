@@ -230,4 +230,4 @@ class StoreKinds:
 
 
 def as_int(value: Any) -> Optional[int]:
-    return int(value) if isinstance(value, Real) else None
+    return int(value) if isinstance(value, Real) else None  # type: ignore[call-overload]  # a Real converts at run time

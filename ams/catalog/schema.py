@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, List, Optional, Tuple, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
@@ -51,7 +51,7 @@ FILE_INTENT = "ams_file_intent"
 _MARIADB_EXISTS = {1050, 1061}
 
 # (table, index name, columns, MariaDB prefix lengths): the adapter's lookups.
-_AMS_INDEXES = (
+_AMS_INDEXES: Tuple[Tuple[str, str, Tuple[str, ...], Dict[str, int]], ...] = (
     ("StringData", "ams_stringdata_name_value", ("name", "value"), {"value": VALUE_PREFIX}),
     ("ScalarData", "ams_scalardata_name_value", ("name", "value"), {}),
     ("ListStringDataEntry", "ams_liststringdataentry_name_value", ("name", "value"),
