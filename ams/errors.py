@@ -7,6 +7,8 @@ existing ``except ValueError:`` clauses keep working.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AMSStoreError",
     "StoreClosedError",
@@ -43,7 +45,7 @@ class AMSStoreError(Exception):
             print(error.path)
     """
 
-    path = None
+    path: Any = None  # Any: ImportError (MissingDependencyError) declares str | None
     paths = None
     models = None
     aliases = None
