@@ -11,12 +11,18 @@ import numbers
 import os
 import re
 import stat
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union, cast
 
 from . import formats, metadata_codec
-from .errors import (DestinationExistsError, InvalidArgumentError, InvalidArgumentTypeError,
-                     InvalidMetadataError, MissingFileError, UnknownEntryTypeError)
-from .keys import ENTRY_TYPES
+from .errors import (
+    DestinationExistsError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    MissingFileError,
+    UnknownEntryTypeError,
+)
+from .keys import ACTIONS, ENTRY_TYPES
 
 MAX_NAME_LENGTH = 255      # Sina's name columns are VARCHAR(255)
 MAX_STRING_LENGTH = 15000  # Sina's string value columns are VARCHAR(15000)
@@ -300,7 +306,7 @@ def error_value(value: Any, what: str) -> float:
         raise InvalidMetadataError(f"{what} = {value!r}: NaN and infinities cannot be stored")
     if number < 0:
         raise InvalidMetadataError(f"{what} must not be negative, not {_short(value)}")
-    return number if isinstance(value, float) else value
+    return number if isinstance(value, float) else cast(float, value)  # an int stays an int
 
 
 def move_targets(sources: Sequence[str], dest_root: str) -> List[str]:
@@ -347,10 +353,10 @@ def changes_arguments(after: Any = 0, limit: Any = 1000, domain_name: Any = None
     >>> changes_arguments(after=3, limit=10, action="add")["after"]
     3
     """
-    from .catalog.feed import ACTIONS  # here: ams.catalog imports this module
     if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
         raise InvalidArgumentTypeError(f"limit must be an int, not {type(limit).__name__} "
                                        f"({_short(limit)})")
+    limit = int(limit)
     if not 1 <= limit <= MAX_CHANGES_LIMIT:
         raise InvalidArgumentError(f"limit must be between 1 and {MAX_CHANGES_LIMIT}, not {limit}")
     if action is not None and (not isinstance(action, str) or action not in ACTIONS):

@@ -324,9 +324,9 @@ def _copied_into(directory: Optional[str], files: Sequence[str], verbose: bool) 
             progress(len(copies), len(files))
         yield targets
     except BaseException:
-        for copy in copies:
+        for copied in copies:
             with contextlib.suppress(OSError):
-                os.remove(copy)
+                os.remove(copied)
         for folder in made:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)

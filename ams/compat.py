@@ -39,13 +39,21 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union, cast
 
 from . import _validate
-from .keys import MODEL_FIELDS
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .importer import CONFIG_NAME, DEFAULT_STORE_NAME
+from .keys import MODEL_FIELDS
 from .store_types import EntryDict, FlatEntryDict
+
+if TYPE_CHECKING:
+    from .store import AMSDataStore
+    from .url import StoreURL
+
+    _KoshEraBase = AMSDataStore
+else:
+    _KoshEraBase = object
 
 __all__ = ["CONFIG_NAME", "DEFAULT_STORE_NAME", "STORE_FOLDERS", "StoreCompat", "KoshEraStore",
            "create_store_directories", "store_config", "write_store_config", "is_original_call",
@@ -133,7 +141,8 @@ def kosh_era_class(base: Optional[type] = None) -> type:
     era class, so ``MyStore(path, "x.sql", "app")`` is still a ``MyStore``.
     """
     if base is None:
-        from .store import AMSDataStore as base
+        from .store import AMSDataStore
+        base = AMSDataStore
     era = _ERA_CLASSES.get(base)
     if era is None:
         name = f"KoshEra{base.__name__}"
@@ -199,6 +208,17 @@ class StoreCompat:
     ``valid_entries``.
     """
 
+    if TYPE_CHECKING:  # provided by the concrete class, ams.store.AMSDataStore
+        entry_mime_types: Dict[str, str]
+        valid_entries: Set[str]
+        find: Callable[..., Any]
+        _add_entries: Callable[..., int]
+        _remove_entries: Callable[..., Any]
+        _suggest_entry_file_name: Callable[..., str]
+
+        @property
+        def url(self) -> StoreURL: ...
+
     def __new__(cls, *args: Any, **kwargs: Any):
         if not issubclass(cls, KoshEraStore) and is_original_call(args, kwargs):
             cls = kosh_era_class(cls)
@@ -221,13 +241,13 @@ class StoreCompat:
         if given is not None:
             return given
         if self.url.backend == "sqlite":
-            return Path(os.path.realpath(os.path.dirname(self.url.path)))
+            return Path(os.path.realpath(os.path.dirname(cast(str, self.url.path))))
         return None
 
     @property
     def store_path(self) -> Optional[Path]:
         """The SQLite (Kosh) file of the store; None on MariaDB."""
-        return Path(self.url.path) if self.url.backend == "sqlite" else None
+        return Path(cast(str, self.url.path)) if self.url.backend == "sqlite" else None
 
     def _entry_folder(self, entry: str) -> Path:
         """``root_path / entry``, created if missing."""
@@ -369,7 +389,7 @@ class StoreCompat:
 
 
 # --------------------------------------------------------------------------- original form
-class KoshEraStore:
+class KoshEraStore(_KoshEraBase):  # object at run time: a mixin put before AMSDataStore
     """A store built with the original Kosh backend's arguments, behaving as it did.
 
     ``AMSDataStore(store_path, store_name, name, delete_all_contents=False)``
@@ -441,7 +461,7 @@ class KoshEraStore:
         if not files:
             if version is None and not metadata:
                 return RemoveReport()  # the original removed nothing
-            return self._remove_entries(domain_name, entry, None, version, metadata,
+            return self._remove_entries(domain_name, entry, None, version, metadata,  # type: ignore[arg-type]  # None: every domain, as the original
                                         delete_files, force=force)
         return self._remove_entry_file(domain_name, entry, files, delete_files, version=version,
                                        metadata=metadata, force=force)
@@ -488,10 +508,10 @@ class KoshEraStore:
         if files is None or (isinstance(files, (list, tuple)) and not files):
             return []
         return super().move(domain_name, self._entry_folder(dest_entry), src_entry, dest_entry,
-                            files, version)
+                            files, version)  # type: ignore[arg-type]  # move() validates path-likes
 
     # ------------------------------------------------------------------ searching
-    def search(self, domain_name: Optional[str] = None, entry: Optional[str] = None,
+    def search(self, domain_name: Optional[str] = None, entry: Optional[str] = None,  # type: ignore[override]  # flat dicts, as the original
                version: Union[None, int, str] = None,
                metadata: Optional[Mapping[str, Any]] = None) -> List[FlatEntryDict]:
         """The original's flat results; ``version="latest"``: one entry, of the highest version.
@@ -499,7 +519,7 @@ class KoshEraStore:
         Metadata conditions as in the reference's ``search``; the version
         selector is passed on unchanged (``"latest"``, an int, a digit string).
         """
-        found: List[EntryDict] = super().search(domain_name, entry, version, metadata)
+        found = cast(List[EntryDict], super().search(domain_name, entry, version, metadata))
         if found and isinstance(version, str) and version == "latest":
             top = max(item["version"] for item in found)
             found = [next(item for item in found if item["version"] == top)]

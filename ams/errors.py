@@ -7,6 +7,8 @@ existing ``except ValueError:`` clauses keep working.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AMSStoreError",
     "StoreClosedError",
@@ -44,7 +46,7 @@ class AMSStoreError(Exception):
             skipped.append(error.path)
     """
 
-    path = None
+    path: Any = None  # Any: ImportError (MissingDependencyError) declares str | None
     paths = None
     models = None
     aliases = None

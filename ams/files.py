@@ -212,7 +212,7 @@ def _unlink_quietly(path: str) -> None:
 
 def remove_temporary_copies(folder: str, tag: str) -> List[str]:
     """Delete the temporary copies of the call ``tag`` left in ``folder`` (a killed move)."""
-    removed = []
+    removed: List[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

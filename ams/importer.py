@@ -30,7 +30,7 @@ import sqlite3
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -38,9 +38,9 @@ import sqlalchemy as sa
 from . import _validate
 from .catalog import Catalog, NewFile, now_string
 from .catalog.records import Dataset
+from .errors import AMSStoreError, ImportSourceError
 from .files import fast_sha
 from .keys import ENTRY_TYPES, KOSH_FILE_FIELDS, MIME_TYPES
-from .errors import AMSStoreError, ImportSourceError
 from .url import StoreURL, parse_store_url
 
 __all__ = ["ImportReport", "ImportCounts", "import_catalogue", "CONFIG_NAME"]
@@ -171,7 +171,7 @@ def read_source(source: Any, application_name: Optional[str] = None
                 ) -> Tuple[str, str, List[LegacyRecord]]:
     """Detect the kind of ``source``; return (kind, where, its checked records)."""
     url, config = _resolve(source)
-    location = str(url) if url.backend != "sqlite" else url.path
+    location = str(url) if url.backend != "sqlite" else cast(str, url.path)
     config_app = None
     if config is not None:
         config_app = config[1]
@@ -207,7 +207,7 @@ def _resolve(source: Any) -> Tuple[StoreURL, Optional[Tuple[str, str]]]:
             raise ImportSourceError(f"bad source URL: {error}") from None
     if source.lower().startswith("sqlite:"):
         try:
-            path = parse_store_url(source).path
+            path = cast(str, parse_store_url(source).path)  # a sqlite URL has a path
         except AMSStoreError as error:
             raise ImportSourceError(f"bad source URL: {error}") from None
     else:
@@ -255,7 +255,7 @@ def _config_beside(url: StoreURL) -> Optional[str]:
     """The application of an ``ams_config.json`` next to a Kosh file that names that file."""
     if url.backend != "sqlite":
         return None
-    candidate = os.path.join(os.path.dirname(url.path), CONFIG_NAME)
+    candidate = os.path.join(os.path.dirname(cast(str, url.path)), CONFIG_NAME)
     if not os.path.isfile(candidate):
         return None
     try:
@@ -263,13 +263,13 @@ def _config_beside(url: StoreURL) -> Optional[str]:
     except ImportSourceError as error:
         LOGGER.warning("ignoring %s: %s", candidate, error)
         return None
-    return name if os.path.samefile(store_path, url.path) else None
+    return name if os.path.samefile(store_path, cast(str, url.path)) else None
 
 
 def _engine(url: StoreURL) -> sa.engine.Engine:
     """A read-only engine on the source (SQLite opened with mode=ro: never created or changed)."""
     if url.backend == "sqlite":
-        target = f"file:{quote(url.path)}?mode=ro"
+        target = f"file:{quote(cast(str, url.path))}?mode=ro"
         return sa.create_engine("sqlite://", poolclass=sa.pool.NullPool,
                                 creator=lambda: sqlite3.connect(target, uri=True))
     return sa.create_engine(url.sqlalchemy_url(), poolclass=sa.pool.NullPool,
@@ -297,7 +297,7 @@ def _read_sql_table(url: StoreURL, location: str, columns: List[str]) -> List[Le
     if absent:
         raise ImportSourceError(f"{location}: table {SQL_TABLE!r} lacks the column(s) "
                                 f"{', '.join(absent)} (it has: {', '.join(columns)})")
-    query = (sa.select(*[sa.column(c) for c in SQL_COLUMNS]).select_from(sa.table(SQL_TABLE))
+    query: Any = (sa.select(*[sa.column(c) for c in SQL_COLUMNS]).select_from(sa.table(SQL_TABLE))
              .order_by(sa.column("id")))
     engine = _engine(url)
     try:

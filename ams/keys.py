@@ -13,6 +13,9 @@ MIME_TYPES = {"data": "hdf5", "models": "zip", "candidates": "hdf5"}
 #: File name suffix of each entry's suggested file names.
 SUFFIXES = {"data": "h5", "models": "pt", "candidates": "h5"}
 
+#: What a change-feed event says happened.
+ACTIONS = ("add", "remove", "move", "alias", "repair", "import")
+
 #: Attributes Kosh keeps on a file record besides the user's metadata.
 KOSH_FILE_FIELDS = frozenset({
     "fast_sha", "long_sha", "uri", "mime_type", "associated", "creation_date",

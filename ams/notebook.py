@@ -20,8 +20,14 @@ import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple, Union
 
 from . import _validate
-from .errors import (BackendError, InvalidArgumentError, InvalidArgumentTypeError,
-                     MissingFileError, NotFoundError, WrongFileFormatError)
+from .errors import (
+    BackendError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MissingFileError,
+    NotFoundError,
+    WrongFileFormatError,
+)
 from .url import StoreURL, mask_password
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

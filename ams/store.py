@@ -16,13 +16,19 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from . import _match, _validate, importer, notebook
 from .catalog import Catalog, NewFile, aliases, now_string
-from .errors import (InvalidArgumentError, InvalidArgumentTypeError, MissingFileError,
-                     NotFoundError, ReadOnlyStoreError, StoreClosedError)
 from .compat import StoreCompat, create_store_directories, remove_aliases
+from .errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    MissingFileError,
+    NotFoundError,
+    ReadOnlyStoreError,
+    StoreClosedError,
+)
 from .files import fast_sha
 from .importer import ImportReport
 from .keys import ENTRY_TYPES, MIME_TYPES, RESERVED_KEYS, RESERVED_MODEL_KEYS, SUFFIXES
@@ -238,7 +244,7 @@ class AMSDataStore(StoreCompat):
         attributes = _validate.metadata({**{k: v for k, v in model.to_dict().items() if k != "path"},
                                          **errors})
         training = None if trained_on is None else _validate.data_versions(trained_on)
-        return self._add_entries(domain_name, "models", [model.path], version, metadata,
+        return self._add_entries(domain_name, "models", [cast(str, model.path)], version, metadata,
                                  extra=attributes, trained_on=training)
 
     def _add_entries(self, domain_name: str, entry_type: str, filenames: Sequence[str],
@@ -447,7 +453,7 @@ class AMSDataStore(StoreCompat):
         if not associate_files:
             return catalog.versions(self._application_name, domain_name, entry_type)
         return catalog.files_by_version(self._application_name, domain_name, entry_type,
-                                        only=only)
+                                        only=only)  # type: ignore[arg-type]  # checked: never a bare int
 
     def get_files(self, domain_name: str, entry: str, versions: VersionSelector = None) -> List[str]:
         """Returns a list of paths to files for the specified version(s).
@@ -458,8 +464,9 @@ class AMSDataStore(StoreCompat):
         """
         entry = _validate.entry_type(entry, "entry")
         selector = _validate.version_selector(versions)
-        by_version = self._get_entry_versions(domain_name, entry, associate_files=True,
-                                              only=selector)
+        by_version = cast(Dict[int, List[str]],
+                          self._get_entry_versions(domain_name, entry, associate_files=True,
+                                                   only=selector))
         if not by_version:
             return []
         if selector == "latest":
@@ -467,7 +474,7 @@ class AMSDataStore(StoreCompat):
         elif selector is None:
             chosen = list(by_version)
         else:
-            chosen = [v for v in selector if v in by_version]
+            chosen = [v for v in cast(Sequence[int], selector) if v in by_version]
         return [path for v in chosen for path in by_version[v]]
 
     def get_candidate_files(self, domain_name: str, versions: VersionSelector = None) -> List[str]:

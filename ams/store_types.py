@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Type, Union, cast
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
 from .metadata_codec import decode_metadata
@@ -52,10 +52,10 @@ class UQAggregate(_LenientEnum):
     mean = "mean"
 
 
-def _as_enum(enum_type: type, value: Any, what: str) -> Optional[Enum]:
+def _as_enum(enum_type: Type[Enum], value: Any, what: str) -> Optional[Enum]:
     """Accept an enum member or its name/value in any case (as the CLI passes strings)."""
     if value is None or isinstance(value, enum_type):
-        return value
+        return cast(Optional[Enum], value)
     if isinstance(value, str):
         try:
             return enum_type(value)
@@ -88,10 +88,10 @@ class AMSModelDescr:
         if not math.isfinite(self.threshold):
             raise InvalidArgumentError(f"threshold must be finite, not {self.threshold!r}")
         self.threshold = float(self.threshold)
-        self.uq_type = _as_enum(UQType, self.uq_type, "uq_type")
+        self.uq_type = cast(UQType, _as_enum(UQType, self.uq_type, "uq_type"))
         if self.uq_type is None:
             raise InvalidArgumentError("uq_type is required")
-        self.uq_aggregate = _as_enum(UQAggregate, self.uq_aggregate, "uq_aggregate")
+        self.uq_aggregate = cast(Optional[UQAggregate], _as_enum(UQAggregate, self.uq_aggregate, "uq_aggregate"))
         if self.uq_type is not UQType.Random and self.uq_aggregate is None:
             raise InvalidArgumentError(
                 f"uq_type {self.uq_type.name} needs a uq_aggregate ({', '.join(a.name for a in UQAggregate)})")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import BadURLError
@@ -50,7 +50,7 @@ class StoreURL:
 
     def __str__(self) -> str:
         if self.backend == "sqlite":
-            return "sqlite:///" + self.path
+            return "sqlite:///" + cast(str, self.path)  # set for every sqlite URL
         auth = quote(self.user or "", safe="")
         if self.password:
             auth += ":***"
@@ -63,17 +63,17 @@ class StoreURL:
     def location(self) -> str:
         """Where the store lives, for messages: a path, or host:port/database."""
         if self.backend == "sqlite":
-            return self.path
+            return cast(str, self.path)
         return f"{self.host}:{self.port}/{self.database}"
 
     def sqlalchemy_url(self, hide_password: bool = False) -> str:
         """The URL SQLAlchemy (and ``kosh.connect``) take for this store."""
         if self.backend == "sqlite":
-            return "sqlite:///" + self.path
+            return "sqlite:///" + cast(str, self.path)  # set for every sqlite URL
         auth = quote(self.user or "", safe="")
         if self.password:
             auth += ":" + ("***" if hide_password else quote(self.password, safe=""))
-        return f"mysql+mysqlconnector://{auth}@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        return f"mysql+mysqlconnector://{auth}@{self.host}:{self.port}/{quote(cast(str, self.database), safe='')}"
 
 
 def parse_store_url(url: "str | os.PathLike[str]") -> StoreURL:

@@ -175,6 +175,7 @@ def make_model(tmp_path, _model_bytes) -> Callable[..., str]:
 def snapshot_store(url) -> Dict[str, list]:
     """Every row of every table, sorted: equal snapshots mean an unchanged store."""
     import sqlalchemy as sa
+
     from ams.url import StoreURL, parse_store_url
     parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
     engine = sa.create_engine(parsed.sqlalchemy_url(), poolclass=sa.pool.NullPool)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ams import AMSDataStore
-from ams.cli import COMMANDS, build_parser, main, _Progress
+from ams.cli import COMMANDS, _Progress, build_parser, main
 
 SECRET = "s3cr3t-Pa55"
 

@@ -9,13 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import rejected
 
 from ams import _match, _validate
-from ams.files import fast_sha
 from ams.errors import BackendError, WrongFileFormatError
+from ams.files import fast_sha
 from ams.formats import hdf5_problem
-
-from conftest import rejected
 
 
 # ------------------------------------------------------------------ the HDF5 check

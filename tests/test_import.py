@@ -12,12 +12,11 @@ import os
 import sqlite3
 
 import pytest
+from conftest import snapshot_store
 
 from ams import AMSDataStore
-from ams.files import fast_sha
 from ams.errors import ImportSourceError, InvalidArgumentError
-
-from conftest import snapshot_store
+from ams.files import fast_sha
 
 # The DDL SQLAlchemy emitted for the SQL-table store's ``Entry`` model on SQLite.
 SQLITE_DDL = """
@@ -249,6 +248,7 @@ def kosh_era(tmp_path_factory, _model_bytes):
     Kosh file alone, no config; ``odd``: main plus datasets the importer refuses.
     """
     import shutil
+
     import kosh
     root = tmp_path_factory.mktemp("kosh-era")
     files = root / "files"

@@ -8,8 +8,13 @@ import re
 import pytest
 
 from ams import AMSModelDescr, UQType
-from ams.errors import (InvalidArgumentError, InvalidArgumentTypeError, InvalidMetadataError,
-                        LineageError, NotFoundError)
+from ams.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    LineageError,
+    NotFoundError,
+)
 
 
 @pytest.fixture

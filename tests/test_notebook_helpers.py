@@ -11,11 +11,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr
-from ams.errors import (InvalidArgumentError, MissingFileError, NotFoundError,
-                        StoreClosedError, UnknownEntryTypeError, WrongFileFormatError)
-from conftest import snapshot_store
+from ams.errors import (
+    InvalidArgumentError,
+    MissingFileError,
+    NotFoundError,
+    StoreClosedError,
+    UnknownEntryTypeError,
+    WrongFileFormatError,
+)
 
 MAIN = Path(__file__).resolve().parents[1]
 

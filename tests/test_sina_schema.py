@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from sina.datastores import sql_schema
 from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import NullPool
-from sina.datastores import sql_schema
 
 from ams.catalog.schema import MARIADB_COLLATION, create_tables
 

@@ -16,13 +16,19 @@ import re
 import zipfile
 
 import pytest
+from conftest import count_records, rejected
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
-from ams.errors import (AMSStoreError, DuplicateEntryError, InvalidArgumentError,
-                        InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
-                        UnknownEntryTypeError, WrongFileFormatError)
-
-from conftest import rejected, count_records
+from ams.errors import (
+    AMSStoreError,
+    DuplicateEntryError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    MissingFileError,
+    UnknownEntryTypeError,
+    WrongFileFormatError,
+)
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
 

@@ -17,8 +17,14 @@ import pytest
 
 import ams
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
-from ams.errors import (AMSStoreError, BadURLError, InvalidArgumentError,
-                        InvalidArgumentTypeError, ReadOnlyStoreError, StoreClosedError)
+from ams.errors import (
+    AMSStoreError,
+    BadURLError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ReadOnlyStoreError,
+    StoreClosedError,
+)
 
 # name -> parameters of the reference (after self), in order.
 REFERENCE = {

@@ -7,12 +7,15 @@ each other's entries.
 from __future__ import annotations
 
 import pytest
+from conftest import rejected
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
-from ams.errors import (InvalidArgumentError, InvalidArgumentTypeError,
-                        InvalidMetadataError, UnknownEntryTypeError)
-
-from conftest import rejected
+from ams.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    UnknownEntryTypeError,
+)
 
 ENTRY_KEYS = {"id", "application_name", "domain_name", "filename", "entry_type", "version", "metadata"}
 

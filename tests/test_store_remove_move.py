@@ -13,13 +13,19 @@ import os
 import re
 
 import pytest
+from conftest import count_records, rejected
 
 from ams import AMSDataStore, AMSModelDescr, RemoveReport, UQType
-from ams.errors import (DuplicateEntryError, InvalidArgumentError,
-                        InvalidArgumentTypeError, InvalidMetadataError, MissingFileError,
-                        NotFoundError, UnknownEntryTypeError, WrongFileFormatError)
-
-from conftest import rejected, count_records
+from ams.errors import (
+    DuplicateEntryError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidMetadataError,
+    MissingFileError,
+    NotFoundError,
+    UnknownEntryTypeError,
+    WrongFileFormatError,
+)
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
 

@@ -44,8 +44,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 # Absolute imports: they keep working while ams/catalog is still a namespace directory.
 from ams import _validate
-from ams.catalog.schema import MARIADB_COLLATION
 from ams._validate import _short
+from ams.catalog.schema import MARIADB_COLLATION
 from ams.errors import InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 
 __all__ = [

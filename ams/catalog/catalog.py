@@ -14,8 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -27,11 +26,20 @@ from ..store_types import Entry
 from ..url import StoreURL
 from . import aliases, reads, schema, writes
 from .filesystems import refuse_network_filesystem
-from .records import (Dataset, FileRecord, MemberDataset, NewFile, StoreKinds, bootstrap_records, now_string,
-                      record_rows, user_id, username)
+from .records import (
+    Dataset,
+    FileRecord,
+    MemberDataset,
+    NewFile,
+    StoreKinds,
+    bootstrap_records,
+    now_string,
+    record_rows,
+    user_id,
+    username,
+)
 from .sql import RECORD, Rows, extend, insert
-from .transactions import (CONNECT_TIMEOUT_SECONDS, DUPLICATE_KEY, STORE_INFO_ID, Transactions,
-                           create_engine)
+from .transactions import CONNECT_TIMEOUT_SECONDS, DUPLICATE_KEY, STORE_INFO_ID, Transactions, create_engine
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,7 +108,7 @@ class Catalog:
             self.transactions = None
 
     def _check_sqlite_file(self) -> None:
-        path = self.url.path
+        path = cast(str, self.url.path)  # a sqlite URL always has a path
         if os.path.isdir(path):
             raise BackendError(f"no store at {path}: it is a folder, not a store file")
         if self.read_only:
@@ -172,7 +180,7 @@ class Catalog:
                 raise BackendError(f"{self.url.location} is not a Kosh store (it has no "
                                    f"{RECORD.name} table); a read-only open creates nothing: "
                                    "create the store first (ams-store create)")
-            rows = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw).where(
+            rows: Dict[Any, Any] = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw).where(
                 RECORD.c.id.in_([STORE_INFO_ID, user_id(username())]))).all())
         if STORE_INFO_ID not in rows:
             raise BackendError(f"{self.url.location} is not a Kosh store (no store-info record); "

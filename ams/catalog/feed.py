@@ -65,8 +65,9 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateIndex, CreateTable, ExecutableDDLElement
 
-from .schema import MARIADB_COLLATION
 from ..errors import InvalidArgumentError
+from ..keys import ACTIONS
+from .schema import MARIADB_COLLATION
 
 __all__ = [
     "ACTIONS",
@@ -84,7 +85,6 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 #: What an event can say happened.
-ACTIONS = ("add", "remove", "move", "alias", "repair", "import")
 #: Optional keys of an event, kept in its JSON body: moves and alias changes.
 EXTRAS = ("to_entry_type", "to_version", "alias", "previous")
 #: Keys of the JSON body besides the extras.

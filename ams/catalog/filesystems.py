@@ -48,7 +48,7 @@ def refuse_network_filesystem(path: str, magic: Optional[int] = None) -> None:
     """
     if os.environ.get(ALLOW_VARIABLE) == "1":
         return
-    kind = NETWORK_FILESYSTEMS.get(filesystem_magic(path) if magic is None else magic)
+    kind = NETWORK_FILESYSTEMS.get(filesystem_magic(path) if magic is None else magic)  # type: ignore[arg-type]  # None (unknown) finds nothing
     if kind is None:
         return
     raise UnsafeFilesystemError(

@@ -11,13 +11,13 @@ resolved.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import sqlalchemy as sa
 from sina import sjson
 from sqlalchemy.engine import Connection
 
-from .records import (Dataset, Ensemble, FileRecord, MemberDataset, StoreKinds, as_int)
+from .records import Dataset, Ensemble, FileRecord, MemberDataset, StoreKinds, as_int
 from .sql import RECORD, RELATIONSHIP, STRING_LIST_ENTRY, chunks, marks, run, stream
 
 #: A search narrowed in SQL to at most this many records fetches them by id.
@@ -207,7 +207,7 @@ def describe_datasets(conn: Connection, kinds: StoreKinds, dataset_ids: List[str
                                               RELATIONSHIP.c.predicate == kinds.predicate))
             .where(RECORD.c.id.in_(chunk))).all()
         ensemble_ids = [r[2] for r in rows if r[2]]
-        ensembles = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw)
+        ensembles: Dict[Any, Any] = dict(conn.execute(sa.select(RECORD.c.id, RECORD.c.raw)
                                       .where(RECORD.c.id.in_(ensemble_ids))).all()) if ensemble_ids else {}
         for dataset_id, raw, ensemble_id in rows:
             data = sjson.loads(raw)["data"]
@@ -314,6 +314,7 @@ def _condition_sql(key: str, op: str, operand: Any) -> Optional[List[Tuple[str, 
         return _condition_sql(key, "in", [operand])
     if op not in ("<", "<=", ">", ">=") or isinstance(operand, (list, bool)):
         return None  # "!=" and lists: no index helps
+    value: Union[str, float]
     if isinstance(operand, str):
         table, value, compare = "StringData", operand, op
     else:

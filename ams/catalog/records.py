@@ -23,9 +23,7 @@ from typing import Any, Dict, List, Optional, Set
 from sina import sjson
 
 from ..keys import KOSH_FILE_FIELDS
-
-from .sql import (DOCUMENT, RECORD, SCALAR, SCALAR_LIST, STRING, STRING_LIST_ENTRY,
-                  STRING_LIST_MASTER, Rows)
+from .sql import DOCUMENT, RECORD, SCALAR, SCALAR_LIST, STRING, STRING_LIST_ENTRY, STRING_LIST_MASTER, Rows
 from .transactions import STORE_INFO_ID
 
 # Ensemble attributes a member dataset does not inherit (Kosh's __ok_duplicates__).
@@ -232,4 +230,4 @@ class StoreKinds:
 
 
 def as_int(value: Any) -> Optional[int]:
-    return int(value) if isinstance(value, Real) else None
+    return int(value) if isinstance(value, Real) else None  # type: ignore[call-overload]  # a Real converts at run time

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
@@ -50,7 +51,7 @@ FILE_INTENT = "ams_file_intent"
 _MARIADB_EXISTS = {1050, 1061}
 
 # (table, index name, columns, MariaDB prefix lengths): the adapter's lookups.
-_AMS_INDEXES = (
+_AMS_INDEXES: Tuple[Tuple[str, str, Tuple[str, ...], Dict[str, int]], ...] = (
     ("StringData", "ams_stringdata_name_value", ("name", "value"), {"value": VALUE_PREFIX}),
     ("ScalarData", "ams_scalardata_name_value", ("name", "value"), {}),
     ("ListStringDataEntry", "ams_liststringdataentry_name_value", ("name", "value"),
@@ -158,8 +159,8 @@ def _create(engine: sa.engine.Engine, schema: "functools._lru_cache_wrapper[sa.M
     existing = _existing(engine)
     created: list[str] = []
     for table in metadata.sorted_tables:
-        steps = [(None, CreateTable(table))]
-        steps += [(ix.name, CreateIndex(ix)) for ix in sorted(table.indexes, key=lambda i: i.name)]
+        steps: List[Tuple[Optional[str], Any]] = [(None, CreateTable(table))]
+        steps += [(ix.name, CreateIndex(ix)) for ix in sorted(table.indexes, key=lambda i: cast(str, i.name))]
         for index, ddl in steps:
             key = (table.name, index)
             if key in existing:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, cast
 
 import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
@@ -66,7 +66,7 @@ def run(conn: Connection, sql: Any, params: Sequence[Any] = (), many: bool = Fal
             if is_sqlite(conn):
                 cursor.execute(sql)
             else:  # a plain COM_QUERY: the cursor would scan the statement for ";"s
-                conn.connection.driver_connection.cmd_query(sql)
+                cast(Any, conn.connection.driver_connection).cmd_query(sql)
             return []
         cursor.execute(_driver_sql(conn, sql), tuple(params))
         return cursor.fetchall() if cursor.description is not None else []
@@ -98,7 +98,7 @@ def driver_errors(conn: Connection, sql: Any, params: Sequence[Any]) -> Iterator
     info = conn.connection.info
     cursor = info.get("ams_cursor")
     if cursor is None:
-        cursor = info["ams_cursor"] = conn.connection.driver_connection.cursor()
+        cursor = info["ams_cursor"] = cast(Any, conn.connection.driver_connection).cursor()
     try:
         yield cursor
     except dialect.loaded_dbapi.Error as error:

@@ -16,7 +16,7 @@ import os
 import random
 import time
 import weakref
-from typing import Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -228,7 +228,7 @@ def error_code(error: sa.exc.DBAPIError) -> Optional[int]:
     return getattr(getattr(error, "orig", None), "errno", None)
 
 
-def _orjson_error() -> type:
+def _orjson_error() -> Type[Exception]:
     try:
         import orjson
     except ImportError:  # sina falls back to json

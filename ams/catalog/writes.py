@@ -24,10 +24,31 @@ from ..url import StoreURL
 from . import schema
 from .mysql import MySQLValues
 from .reads import find_datasets, find_ensembles, locate, read_raws
-from .records import (NOT_INHERITED, Dataset, Ensemble, FileRecord, NewFile, StoreKinds,
-                      new_ids, new_raw, now_string, record_rows)
-from .sql import (DATA_TABLES, DOCUMENT, RECORD, RELATIONSHIP, Rows, chunks, extend, insert,
-                  is_sqlite, marks, run)
+from .records import (
+    NOT_INHERITED,
+    Dataset,
+    Ensemble,
+    FileRecord,
+    NewFile,
+    StoreKinds,
+    new_ids,
+    new_raw,
+    now_string,
+    record_rows,
+)
+from .sql import (
+    DATA_TABLES,
+    DOCUMENT,
+    RECORD,
+    RELATIONSHIP,
+    Rows,
+    chunks,
+    extend,
+    insert,
+    is_sqlite,
+    marks,
+    run,
+)
 from .transactions import Retry
 
 #: Files whose rows one add builds and inserts at a time (memory stays flat).

@@ -14,7 +14,7 @@ cannot import it fail in ``kosh.connect``, read-only ones too.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .torchscript import TorchScriptLoader, is_torchscript_archive
@@ -68,7 +68,7 @@ def register_loaders(kosh_store: Any) -> None:
 def _register_in_memory(kosh_store: Any, loader: type) -> None:
     """Do what ``KoshStore.add_loader(loader, save=False)`` does, minus its mode check."""
     kosh_store._cached_loaders.clear()
-    for mime_type in loader.types:
+    for mime_type in cast(Any, loader).types:
         known = kosh_store.loaders.setdefault(mime_type, [])
         if loader not in known:
             known.append(loader)
