@@ -270,10 +270,8 @@ class AMSDataStore(StoreCompat):
         values["date"] = now_string()
         files = []
         for path in paths:
-            _validate.existing_file(path)
-            _validate.file_format(path, entry_type)
             # One metadata dict shared by the call's files, not 10^5 copies.
-            files.append(NewFile(path, values, fast_sha(path)))
+            files.append(self._new_file(path, entry_type, values))
             if progress is not None:
                 progress(len(files), len(paths))
         result = catalog.add(self._application_name, domain_name, entry_type,
@@ -282,6 +280,13 @@ class AMSDataStore(StoreCompat):
         LOGGER.info("added %d file(s) to %s/%s version %d", len(files), domain_name,
                     entry_type, result)
         return result
+
+    @staticmethod
+    def _new_file(path: str, entry_type: str, metadata: Dict[str, Any]) -> NewFile:
+        """The per-file checks of an add (exists, format) and Kosh's checksum."""
+        _validate.existing_file(path)
+        _validate.file_format(path, entry_type)
+        return NewFile(path, metadata, fast_sha(path))
 
     # ------------------------------------------------------------------ removing
     @remove_aliases("filenames", "data_files")
