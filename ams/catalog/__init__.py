@@ -1,6 +1,11 @@
 """The catalogue: the only code that knows Kosh's and Sina's tables.
 
-    catalog.py       the operations (add, remove, move, entries, versions...): one door
+    catalog.py       the operations (add, remove, entries, versions...): one door, Catalog
+    base.py          opening a store, transactions, the store's kinds (CatalogBase)
+    file_effects.py  moves that copy files, purges, what killed calls left (FileEffects)
+    journal.py       deployment aliases and the change feed (Journal)
+    aliases.py       the alias history table
+    feed.py          the change-feed tables
     transactions.py  engines, fork safety, read snapshots, the write lock, retries, errors
     reads.py         queries over ensembles, datasets and file records; "latest"
     writes.py        bulk add and remove of Kosh records; version high-water marks
@@ -11,7 +16,8 @@
     filesystems.py   refusing SQLite on network filesystems
 """
 
-from .catalog import Catalog, RemoveOutcome, Unfinished
+from .catalog import Catalog
+from .file_effects import RemoveOutcome, Unfinished
 from .records import NewFile, now_string
 from .transactions import CONNECT_TIMEOUT_SECONDS
 
