@@ -84,13 +84,31 @@ def optional_version(value: Any) -> Optional[int]:
     return None if value is None else version(value)
 
 
+def alias_selector(value: Any) -> Optional[str]:
+    """``"@name"`` (a deployment alias, name checked) -> itself; anything else -> None."""
+    if not isinstance(value, str) or not value.startswith("@"):
+        return None
+    from .catalog import aliases  # the catalogue imports this module
+    aliases.check_alias_name(value[1:])
+    return value
+
+
+def single_version(value: Any, what: str = "version") -> Union[int, str]:
+    """One version: an int (or digit string), ``"latest"`` or ``"@alias"``."""
+    if isinstance(value, str) and (value == "latest" or alias_selector(value)):
+        return value
+    return version(value, what)
+
+
 def version_selector(value: Any, what: str = "versions") -> Union[None, str, List[int]]:
-    """``None`` (all), ``"latest"``, an int, or a list of ints -> None, "latest" or a list."""
-    if value is None or value == "latest" and isinstance(value, str):
+    """``None`` (all), ``"latest"``, ``"@alias"``, an int, or a list of ints -> None, a str or a list."""
+    if value is None or isinstance(value, str) and value == "latest":
+        return value
+    if alias_selector(value):
         return value
     if isinstance(value, str) and not _DIGITS.fullmatch(value):
-        raise InvalidArgumentError(f"{what} must be None, 'latest', an int or a list of ints, "
-                                   f"not {_short(value)}")
+        raise InvalidArgumentError(f"{what} must be None, '@alias', 'latest', an int or a list "
+                                   f"of ints, not {_short(value)}")
     if isinstance(value, (list, tuple, set, frozenset)):
         return sorted({version(item, f"each of {what}") for item in value})
     return [version(value, what)]

@@ -463,7 +463,8 @@ def _write(catalog: Catalog, groups: Dict[Group, List[NewFile]], progress: Progr
     bar = _progress_bar(progress, total, "importing")
     done = 0
     for (application, domain, entry_type, version), files in sorted(groups.items()):
-        catalog.add(application, domain, entry_type, MIME_TYPES[entry_type], files, version)
+        catalog.add(application, domain, entry_type, MIME_TYPES[entry_type], files, version,
+                    action="import")
         done += len(files)
         bar(done)
         LOGGER.debug("imported %d file(s) into %s/%s/%s version %d", len(files), application,

@@ -203,8 +203,8 @@ def _end_snapshot(kosh_store: Any) -> None:
 
 
 def version_or_latest(version: Any) -> VersionOrLatest:
-    if isinstance(version, str):
-        if version != "latest":
-            raise InvalidArgumentError(f"version must be an int or 'latest', not {version!r}")
-        return version
-    return _validate.version(version)
+    """An int, "latest" or "@alias" (see :func:`ams._validate.single_version`)."""
+    if (isinstance(version, str) and version != "latest"
+            and not _validate.alias_selector(version) and not version.isdecimal()):
+        raise InvalidArgumentError(f"version must be an int, 'latest' or '@alias', not {version!r}")
+    return _validate.single_version(version)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from . import _match, _validate, importer, notebook
-from .catalog import Catalog, NewFile, aliases, now_string
+from .catalog import Catalog, NewFile, now_string
 from .compat import StoreCompat, create_store_directories, remove_aliases
 from .errors import (
     InvalidArgumentError,
@@ -32,6 +32,7 @@ from .errors import (
 from .files import fast_sha
 from .importer import ImportReport
 from .keys import ENTRY_TYPES, MIME_TYPES, RESERVED_KEYS, RESERVED_MODEL_KEYS, SUFFIXES
+from .store_journal import StoreJournal
 from .store_types import AMSModelDescr, VerifyReport
 from .url import StoreURL, parse_store_url
 
@@ -64,7 +65,7 @@ class RemoveReport:
                 "purge_errors": dict(self.purge_errors)}
 
 
-class AMSDataStore(StoreCompat):
+class AMSDataStore(StoreCompat, StoreJournal):
     """A class representing the persistent data of AMS.
 
     A catalogue of files in three entry types per domain (a physics sub-model
@@ -286,7 +287,7 @@ class AMSDataStore(StoreCompat):
         """The per-file checks of an add (exists, format) and Kosh's checksum."""
         _validate.existing_file(path)
         _validate.file_format(path, entry_type)
-        return NewFile(path, metadata, fast_sha(path))
+        return NewFile(path, metadata, fast_sha(path), os.path.getsize(path))
 
     # ------------------------------------------------------------------ removing
     @remove_aliases("filenames", "data_files")
@@ -300,7 +301,10 @@ class AMSDataStore(StoreCompat):
         (see ``add_model(trained_on=...)``) raises :class:`ams.errors.LineageError`
         naming the models, and changes nothing, unless ``force=True``.
         Without ``purge`` the records go and the files stay;
-        :meth:`model_lineage` then reports those files as missing.
+        :meth:`model_lineage` then reports those files as missing. Removing files
+        of a version a deployment alias points to raises
+        :class:`ams.errors.AliasError` unless ``force=True`` (which also unsets
+        the alias, recorded in its history).
         """
         return self._remove_entries(domain_name, "data", filenames, version, metadata, purge,
                                     force=force, remove_all=remove_all)
@@ -309,19 +313,28 @@ class AMSDataStore(StoreCompat):
     def remove_models(self, domain_name: str, models: Optional[Sequence[str]],
                       version: VersionSelector = None,
                       metadata: Optional[Mapping[str, Any]] = None,
-                      purge: bool = True, *, remove_all: bool = False) -> RemoveReport:
-        """Remove models from the models entry and, by default (``purge=True``), delete their files."""
+                      purge: bool = True, *, remove_all: bool = False,
+                      force: bool = False) -> RemoveReport:
+        """Remove models from the models entry and, by default (``purge=True``), delete their files.
+
+        A version a deployment alias points to is refused (:class:`ams.errors.AliasError`)
+        unless ``force=True``, which also unsets the alias.
+        """
         return self._remove_entries(domain_name, "models", models, version, metadata, purge,
-                                    remove_all=remove_all)
+                                    force=force, remove_all=remove_all)
 
     @remove_aliases("filenames", "data_files")
     def remove_candidates(self, domain_name: str, filenames: Optional[Sequence[str]],
                           version: VersionSelector = None,
                           metadata: Optional[Mapping[str, Any]] = None,
-                          purge: bool = True, *, remove_all: bool = False) -> RemoveReport:
-        """Remove files from the candidates entry and, by default (``purge=True``), delete them."""
+                          purge: bool = True, *, remove_all: bool = False,
+                          force: bool = False) -> RemoveReport:
+        """Remove files from the candidates entry and, by default (``purge=True``), delete them.
+
+        Aliased versions are refused unless ``force=True`` (as for models).
+        """
         return self._remove_entries(domain_name, "candidates", filenames, version, metadata,
-                                    purge, remove_all=remove_all)
+                                    purge, force=force, remove_all=remove_all)
 
     def _remove_entries(self, domain_name: str, entry_type: str,
                         filenames: Optional[Sequence[str]], version: VersionSelector = None,
@@ -359,7 +372,8 @@ class AMSDataStore(StoreCompat):
             return RemoveReport()
         outcome = catalog.remove(self._application_name, domain_name, entry_type, paths,
                                  versions, match, purge,
-                                 guard_lineage=purge and not force and entry_type == "data")
+                                 guard_lineage=purge and not force and entry_type == "data",
+                                 force=force)
         report = RemoveReport(removed=outcome.removed, purged=outcome.purged,
                               purge_errors=outcome.purge_errors)
         if paths is not None:
@@ -464,7 +478,8 @@ class AMSDataStore(StoreCompat):
         """Returns a list of paths to files for the specified version(s).
 
         ``versions``: None -> all files; ``"latest"`` -> files of the highest
-        version; an int or a list of ints -> files of those versions. An
+        version; ``"@name"`` -> files of the version the alias points to (none
+        when unset); an int or a list of ints -> files of those versions. An
         unknown domain gives an empty list.
         """
         entry = _validate.entry_type(entry, "entry")
@@ -474,7 +489,7 @@ class AMSDataStore(StoreCompat):
                                                    only=selector))
         if not by_version:
             return []
-        if selector == "latest":
+        if isinstance(selector, str):  # "latest" or "@alias": the catalogue chose one version
             chosen = [max(by_version)]
         elif selector is None:
             chosen = list(by_version)
@@ -522,13 +537,23 @@ class AMSDataStore(StoreCompat):
         domain_name = _validate.optional_name(domain_name, "domain_name")
         if entry_type is not None:
             entry_type = _validate.entry_type(entry_type)
-        latest = isinstance(version, str) and version == "latest"
-        selector: Union[None, int, str] = "latest" if latest else (
-            None if version is None else _validate.version(version))
+        selector = None if version is None else _validate.single_version(version)
         conditions = _match.parse_conditions(metadata)
         entries = catalog.entries(self._application_name, domain_name, entry_type, selector,
                                   conditions, _match.matcher(conditions), paths)
         return [entry.to_dict() for entry in entries]
+
+    def summary(self) -> List[Dict[str, Any]]:
+        """What the store holds for this application (and legacy ensembles), per domain and entry.
+
+        One dict per (domain, entry type): ``application_name``, ``domain_name``,
+        ``entry_type``, ``versions``, ``latest_version``, ``files`` and ``bytes``
+        (sizes on disk now; a missing file counts 0).
+
+        >>> [(s["domain_name"], s["entry_type"], s["files"]) for s in store.summary()]  # doctest: +SKIP
+        [('EOS', 'data', 9), ('EOS', 'models', 2)]
+        """
+        return self._require_open().summary(self._application_name)
 
     # ------------------------------------------------------------------ lineage
     def model_lineage(self, domain_name: str, version: Union[int, str]) -> Dict[str, Any]:
@@ -547,9 +572,8 @@ class AMSDataStore(StoreCompat):
         """
         catalog = self._require_open()
         domain_name = _validate.name(domain_name, "domain_name")
-        latest = isinstance(version, str) and version == "latest"
         return catalog.lineage(self._application_name, domain_name,
-                               "latest" if latest else _validate.version(version))
+                               _validate.single_version(version))
 
     # ------------------------------------------------------------------ importing
     def import_from(self, source: Union[str, "os.PathLike[str]"],
@@ -588,7 +612,8 @@ class AMSDataStore(StoreCompat):
     # ------------------------------------------------------------------ moving
     def move(self, domain_name: str, dest_root_path: Union[str, "os.PathLike[str]"],
              src_type: str, dest_type: str, filenames: Sequence[str],
-             version: Optional[int] = None, *, copy: bool = True) -> List[str]:
+             version: Optional[int] = None, *, copy: bool = True,
+             force: bool = False) -> List[str]:
         """Move registered files from ``src_type`` to ``dest_type`` (e.g. candidates -> data).
 
         Copies each file into ``dest_root_path``, registers the copies in one
@@ -603,7 +628,9 @@ class AMSDataStore(StoreCompat):
 
         ``copy=False`` promotes in place: the same paths change entry in one
         transaction, metadata kept, nothing on disk touched
-        (``dest_root_path`` must then be the files' own folder).
+        (``dest_root_path`` must then be the files' own folder). Moving away a
+        version a deployment alias points to raises :class:`ams.errors.AliasError`
+        unless ``force=True`` (which also unsets the alias).
         """
         catalog = self._require_writable()
         domain_name = _validate.name(domain_name, "domain_name")
@@ -617,6 +644,7 @@ class AMSDataStore(StoreCompat):
         dest_root = _validate.absolute_path(dest_root_path, "dest_root_path")
         version = _validate.optional_version(version)
         copy = _validate.boolean(copy, "copy")
+        force = _validate.boolean(force, "force")
         if copy:
             targets = _validate.move_targets(sources, dest_root)
         else:
@@ -637,7 +665,7 @@ class AMSDataStore(StoreCompat):
         new_version, outcome = catalog.move(
             self._application_name, domain_name, src_type, dest_type, MIME_TYPES[dest_type],
             list(zip(sources, targets)), version, copy=copy,
-            make_folder=dest_root if copy else None)
+            make_folder=dest_root if copy else None, force=force)
         if outcome.purge_errors:
             LOGGER.warning("move: %d source file(s) were not deleted: %s",
                            len(outcome.purge_errors), "; ".join(
@@ -645,65 +673,6 @@ class AMSDataStore(StoreCompat):
         LOGGER.info("moved %d file(s) of %s from %s to %s version %d%s", len(targets),
                     domain_name, src_type, dest_type, new_version, "" if copy else " in place")
         return targets
-
-    # ------------------------------------------------------------------ aliases
-    def set_alias(self, domain_name: str, alias: str, version: Union[int, str],
-                  entry_type: str = "models") -> Optional[int]:
-        """Point the deployment alias ``alias`` (e.g. ``"champion"``) at an existing version.
-
-        One write transaction under the store's write lock; every change is kept
-        in the alias's history (:meth:`alias_history`). Returns the version it
-        pointed at before, or None. Names: 1-64 letters, digits, ``_ - .``,
-        starting with a letter; ``latest`` is reserved.
-
-        >>> store.set_alias("EOS", "champion", 3)        # doctest: +SKIP
-        """
-        catalog = self._require_writable()
-        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
-        version = _validate.version(version)
-        previous = catalog.set_alias(self._application_name, domain_name, entry_type, alias,
-                                     version, aliases.default_user())
-        LOGGER.info("alias %s of %s/%s: %s -> %d", alias, domain_name, entry_type, previous,
-                    version)
-        return previous
-
-    def remove_alias(self, domain_name: str, alias: str,
-                     entry_type: str = "models") -> Optional[int]:
-        """Unset ``alias`` (recorded in its history); returns the version it pointed at."""
-        catalog = self._require_writable()
-        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
-        return catalog.remove_alias(self._application_name, domain_name, entry_type, alias,
-                                    aliases.default_user())
-
-    def get_alias(self, domain_name: str, alias: str, entry_type: str = "models",
-                  at: Any = None) -> Optional[int]:
-        """The version ``alias`` points at (None when unset); ``at`` (a ``datetime`` or an
-        ISO-8601 string, naive = UTC): the version it pointed at then."""
-        catalog = self._require_open()
-        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
-        return catalog.read_aliases(lambda conn: aliases.get_alias(
-            conn, self._application_name, domain_name, entry_type, alias, at=at), None)
-
-    def alias_history(self, domain_name: str, alias: str,
-                      entry_type: str = "models") -> List[Dict[str, Any]]:
-        """Every change of ``alias``, oldest first: ``{"version", "previous", "set_at", "set_by"}``."""
-        catalog = self._require_open()
-        domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
-        return catalog.read_aliases(lambda conn: aliases.history(
-            conn, self._application_name, domain_name, entry_type, alias), [])
-
-    def aliases(self, domain_name: str, entry_type: str = "models") -> Dict[str, int]:
-        """The aliases set on ``entry_type`` of ``domain_name``: ``{alias: version}``."""
-        catalog = self._require_open()
-        domain_name = _validate.name(domain_name, "domain_name")
-        entry_type = _validate.entry_type(entry_type)
-        return catalog.read_aliases(lambda conn: aliases.current(
-            conn, self._application_name, domain_name, entry_type), {})
-
-    @staticmethod
-    def _alias_key(domain_name: Any, entry_type: Any, alias: Any) -> Tuple[str, str, str]:
-        return (_validate.name(domain_name, "domain_name"), _validate.entry_type(entry_type),
-                aliases.check_alias_name(alias))
 
     # ------------------------------------------------------------------ notebooks
     def load_model(self, domain_name: str, version: Union[int, str] = "latest") -> Tuple[Any, Dict[str, Any]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional, Type, Union, cast
 
+from . import _validate
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, MissingFileError
 from .metadata_codec import decode_metadata
 
@@ -80,14 +80,12 @@ class AMSModelDescr:
     def __post_init__(self) -> None:
         if not isinstance(self.path, (str, os.PathLike)) or not os.fspath(self.path):
             raise InvalidArgumentTypeError(f"model path must be a non-empty str or path, not {self.path!r}")
-        self.path = os.path.realpath(os.fspath(self.path))
+        self.path = _validate.absolute_path(self.path, "model path")
         if not os.path.isfile(self.path):
             raise MissingFileError(f"model file does not exist: {self.path!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise InvalidArgumentTypeError(f"threshold must be a number, not {self.threshold!r}")
-        if not math.isfinite(self.threshold):
-            raise InvalidArgumentError(f"threshold must be finite, not {self.threshold!r}")
-        self.threshold = float(self.threshold)
+        self.threshold = float(_validate.error_value(self.threshold, "threshold"))
         self.uq_type = cast(UQType, _as_enum(UQType, self.uq_type, "uq_type"))
         if self.uq_type is None:
             raise InvalidArgumentError("uq_type is required")

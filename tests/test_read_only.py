@@ -47,6 +47,8 @@ WRITES: Dict[str, Callable[[AMSDataStore, Dict[str, str], Any], Any]] = {
     "verify-repair": lambda s, p, t: s.verify(repair=True),
     "set_alias": lambda s, p, t: s.set_alias("EOS", "champion", 1),
     "remove_alias": lambda s, p, t: s.remove_alias("EOS", "champion"),
+    "advance_relay": lambda s, p, t: s.advance_relay("default", 1),
+    "prune_changes": lambda s, p, t: s.prune_changes(1),
 }
 
 
@@ -74,7 +76,8 @@ def test_write_methods_are_all_listed():
              "suggest_candidate_file_name", "open", "close", "is_open", "verify",
              "load_model", "load_data", "kosh_dataset", "model_lineage",
              "get_data_path", "get_model_path", "get_candidate_path", "get_raw_content",
-             "deployment_config", "get_alias", "alias_history", "aliases"}
+             "deployment_config", "get_alias", "alias_history", "aliases",
+             "summary", "changes", "relay_cursor", "pending_bytes"}
     public = {name for name in dir(AMSDataStore)
               if not name.startswith("_") and callable(getattr(AMSDataStore, name))}
     writes = {name.split("-")[0] for name in WRITES}

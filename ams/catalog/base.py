@@ -186,6 +186,9 @@ class CatalogBase:
     def _entry_records(self, conn: Connection, application_name: str, domain_name: str,
                        entry_type: str, versions: VersionSelector,
                        paths: Optional[Sequence[str]]) -> List[FileRecord]:
+        """The entry's records of ``versions`` (None: all; "latest" is left to the caller,
+        which resolves it among its matches; "@alias": the version it points to)."""
+        versions = self._resolve(conn, application_name, domain_name, entry_type, versions)
         datasets = reads.entry_datasets(conn, self.kinds, application_name, [domain_name],
                                         [entry_type])
         if versions is not None and versions != "latest":

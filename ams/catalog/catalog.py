@@ -17,17 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union, cast
 
 from sqlalchemy.engine import Connection
 
 from ..errors import LineageError, NotFoundError
 from ..keys import TRAINED_ON_FILES, TRAINED_ON_VERSIONS
 from ..store_types import Entry
-from . import reads, writes
+from . import aliases, reads, writes
 from .base import VersionSelector, select_versions
 from .file_effects import FileEffects, RemoveOutcome
-from .journal import Journal
+from .journal import file_events
 from .records import (
     Dataset,
     FileRecord,
@@ -40,7 +40,7 @@ LOGGER = logging.getLogger(__name__)
 Match = Callable[[Mapping[str, Any]], bool]
 
 
-class Catalog(FileEffects, Journal):
+class Catalog(FileEffects):
     """Kosh's tables of one store, for any application; see the module docstring."""
 
     # ------------------------------------------------------------------ reads
@@ -49,13 +49,19 @@ class Catalog(FileEffects, Journal):
                 conditions: Sequence[Tuple[str, str, Any]], match: Match,
                 paths: Optional[Sequence[str]] = None) -> List[Entry]:
         """Entries matching every filter; ``version="latest"`` keeps, per domain and
-        entry, the highest version among the matches."""
+        entry, the highest version among the matches; ``"@name"``, per domain and entry,
+        the version that alias points to."""
+        alias = aliases.parse_selector(version)
         with self._transactions().read() as conn:
             datasets = reads.entry_datasets(conn, self.kinds, application_name,
                                             None if domain_name is None else [domain_name],
                                             None if entry_type is None else [entry_type])
             if isinstance(version, int):
                 datasets = [d for d in datasets if d.version == version]
+            elif alias is not None:
+                datasets = [d for d in datasets if [d.version] == self._resolve(
+                    conn, cast(str, application_name), d.ensemble.domain_name, d.entry_type,
+                    cast(str, version))]
             records = reads.file_records(conn, self.kinds, datasets, paths, conditions,
                                          keep_raw=False)
         records = [r for r in records if match(r.metadata)]
@@ -71,8 +77,9 @@ class Catalog(FileEffects, Journal):
 
     def files_by_version(self, application_name: str, domain_name: str, entry_type: str,
                          only: VersionSelector = None) -> Dict[int, List[str]]:
-        """Version -> sorted paths; ``only``: None (all), "latest" or a list of versions."""
+        """Version -> sorted paths; ``only``: None (all), "latest", "@alias" or a list of versions."""
         with self._transactions().read() as conn:
+            only = self._resolve(conn, application_name, domain_name, entry_type, only)
             datasets = reads.entry_datasets(conn, self.kinds, application_name, [domain_name],
                                             [entry_type])
             datasets = select_versions(datasets, only)
@@ -106,12 +113,14 @@ class Catalog(FileEffects, Journal):
 
     def dataset_id(self, application_name: str, domain_name: str, entry_type: str,
                    version: Union[int, str]) -> Tuple[Optional[str], List[int]]:
-        """The Kosh id of one entry's dataset of ``version`` (or "latest"), and all its versions."""
+        """The Kosh id of one entry's dataset of ``version`` ("latest", "@alias"), and all its versions."""
         with self._transactions().read() as conn:
             datasets = reads.entry_datasets(conn, self.kinds, application_name, [domain_name],
                                             [entry_type])
+            only = self._resolve(conn, application_name, domain_name, entry_type,
+                                 version if isinstance(version, str) else [version])
         known = sorted({d.version for d in datasets})
-        chosen = select_versions(datasets, "latest" if version == "latest" else [int(version)])
+        chosen = select_versions(datasets, only)
         if len(chosen) > 1:
             LOGGER.warning("%d Kosh datasets hold %s version %d of %s; using %s", len(chosen),
                            entry_type, chosen[0].version, domain_name, chosen[0].id)
@@ -152,12 +161,19 @@ class Catalog(FileEffects, Journal):
 
     def lineage(self, application_name: str, domain_name: str,
                 version: Union[int, str]) -> Dict[str, Any]:
-        """Which data trained the models of ``version`` (an int or "latest")."""
+        """Which data trained the models of ``version`` (an int, "latest" or "@alias")."""
         with self._transactions().read() as conn:
             ensembles = reads.find_ensembles(conn, self.kinds, application_name, [domain_name])
             datasets = reads.find_datasets(conn, self.kinds, ensembles, ["models"])
             existing = sorted({d.version for d in datasets})
-            wanted = existing[-1] if version == "latest" and existing else version
+            wanted: Any = existing[-1] if version == "latest" and existing else version
+            if aliases.parse_selector(version) is not None:
+                resolved = self._resolve(conn, application_name, domain_name, "models",
+                                         cast(str, version))
+                if not resolved:
+                    raise NotFoundError(f"alias {version!r} is not set on models of domain "
+                                        f"{domain_name!r}")
+                wanted = cast(List[int], resolved)[0]
             if wanted not in existing:
                 raise NotFoundError(f"no models version {version!r} in domain {domain_name!r} "
                                     f"(existing: {', '.join(map(str, existing)) or 'none'})",
@@ -183,20 +199,29 @@ class Catalog(FileEffects, Journal):
     def add(self, application_name: str, domain_name: str, entry_type: str, mime_type: str,
             files: Sequence[NewFile], version: Optional[int],
             trained_on: Optional[Sequence[int]] = None,
-            precommit: Optional[Callable[[], None]] = None) -> int:
+            precommit: Optional[Callable[[], None]] = None, action: str = "add") -> int:
         """Register ``files`` in one version (a new one when None) of one entry; return it.
 
         ``trained_on``: data versions of the domain recorded (with their files) on
         every new entry, read inside the same transaction. ``precommit`` runs last
         inside it (a re-check of the files); raising there rolls everything back.
+        The change feed gets one ``action`` event ("add", or "import") in the same
+        transaction.
         """
+        sizes = sum(_size(f.path) if f.size is None else f.size for f in files)
+
         def work(conn: Connection) -> int:
             new_files = files
             if trained_on is not None:
                 lineage = self._training_data(conn, application_name, domain_name, trained_on)
-                new_files = [NewFile(f.path, {**f.metadata, **lineage}, f.fast_sha) for f in files]
+                new_files = [NewFile(f.path, {**f.metadata, **lineage}, f.fast_sha, f.size)
+                             for f in files]
             result = writes.add(conn, self._context_(), application_name, domain_name,
                                 entry_type, mime_type, new_files, version)
+            self.record_events(conn, [{
+                "application_name": application_name, "domain_name": domain_name,
+                "entry_type": entry_type, "action": action, "version": result,
+                "files": [f.path for f in files], "bytes": sizes}])
             if precommit is not None:
                 precommit()
             return result
@@ -220,7 +245,7 @@ class Catalog(FileEffects, Journal):
     # ------------------------------------------------------------------ removing
     def remove(self, application_name: str, domain_name: str, entry_type: str,
                paths: Optional[Sequence[str]], versions: VersionSelector, match: Match,
-               purge: bool, guard_lineage: bool) -> RemoveOutcome:
+               purge: bool, guard_lineage: bool, force: bool = False) -> RemoveOutcome:
         """Remove the matching records in one transaction; then purge their files.
 
         ``versions="latest"`` is resolved inside the write transaction: the highest
@@ -228,7 +253,9 @@ class Catalog(FileEffects, Journal):
         paths no longer referenced get a purge intent in the same transaction and
         are deleted after the commit, under the write lock, by :meth:`_purge`.
         ``guard_lineage``: refuse to purge data files that models of this
-        application were trained on (:class:`LineageError`).
+        application were trained on (:class:`LineageError`). Versions that
+        deployment aliases point to are refused (:class:`AliasError`) unless
+        ``force``, which also removes those aliases. One "remove" event per version.
         """
         tag = uuid.uuid4().hex
 
@@ -240,7 +267,9 @@ class Catalog(FileEffects, Journal):
                 chosen = reads.keep_latest(chosen)
             if guard_lineage and chosen:
                 self._lineage_guard(conn, application_name, chosen)
+            self.guard_aliases(conn, application_name, chosen, force, "remove files of")
             result = writes.remove(conn, self.kinds, chosen)
+            self.record_events(conn, file_events(application_name, "remove", result.removed))
             if purge:
                 self._intend_purges(conn, application_name, tag, result)
             return result
@@ -276,8 +305,10 @@ class Catalog(FileEffects, Journal):
         """Drop, in one transaction, the records ``ids`` whose file is (still) missing."""
         def work(conn: Connection) -> writes.RemoveResult:
             records = self._records(conn, application_name, domain_name)
-            return writes.remove(conn, self.kinds, [r for r in records if r.id in ids
-                                                    and not os.path.isfile(r.path)])
+            result = writes.remove(conn, self.kinds, [r for r in records if r.id in ids
+                                                      and not os.path.isfile(r.path)])
+            self.record_events(conn, file_events(application_name, "repair", result.removed))
+            return result
         return sorted(r.path for r in self._write("repair", work).removed)
 
 

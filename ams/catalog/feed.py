@@ -84,7 +84,6 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: What an event can say happened.
 #: Optional keys of an event, kept in its JSON body: moves and alias changes.
 EXTRAS = ("to_entry_type", "to_version", "alias", "previous")
 #: Keys of the JSON body besides the extras.

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from .. import files as disk
 from ..errors import NotFoundError
 from . import reads, schema, writes
-from .base import CatalogBase
+from .journal import Journal, file_events
 from .records import NewFile, now_string
 
 LOGGER = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Unfinished:
     unpurged: List[str] = field(default_factory=list)
 
 
-class FileEffects(CatalogBase):
+class FileEffects(Journal):
     """Moves, purges and their clean-up; see the module docstring."""
 
     def _intend_purges(self, conn: Connection, application_name: str, tag: str,
@@ -98,7 +98,7 @@ class FileEffects(CatalogBase):
 
     def move(self, application_name: str, domain_name: str, src_type: str, dest_type: str,
              mime_type: str, moves: Sequence[Tuple[str, str]], version: Optional[int],
-             copy: bool = True, make_folder: Optional[str] = None,
+             copy: bool = True, make_folder: Optional[str] = None, force: bool = False,
              ) -> Tuple[int, RemoveOutcome]:
         """Move registered files of ``src_type`` to ``dest_type`` (one new version unless given).
 
@@ -109,10 +109,13 @@ class FileEffects(CatalogBase):
         removes the sources and records their purges; a failure before that commit
         removes exactly the copies and folders this call made. After the commit the
         sources are purged under the write lock. Without ``copy``: one transaction
-        re-files the same paths; nothing on disk is touched.
+        re-files the same paths; nothing on disk is touched. Moving away versions
+        that deployment aliases point to is refused unless ``force`` (which removes
+        those aliases). One "move" event per source version, naming the new paths.
         """
         tag = uuid.uuid4().hex
         placement = disk.Placement(tag=tag)
+        sizes: Dict[str, int] = {}
         date = now_string()
         if copy:
             self._record_copy_intents(application_name, tag, moves)
@@ -123,6 +126,7 @@ class FileEffects(CatalogBase):
                 for source, target in moves:
                     placement.copy(source, target)
                     self._hook("after_copy")
+            sizes.update((target, _size(target)) for _source, target in moves)
 
             def work(conn: Connection) -> Tuple[int, writes.RemoveResult]:
                 sources = self._entry_records(conn, application_name, domain_name, src_type,
@@ -132,12 +136,20 @@ class FileEffects(CatalogBase):
                 if missing:
                     raise NotFoundError(f"not registered as {src_type} of domain {domain_name!r}: "
                                         + ", ".join(map(repr, missing)), paths=missing)
-                removed = writes.remove(conn, self.kinds, [by_path[src] for src, _ in moves])
+                leaving = [by_path[src] for src, _ in moves]
+                self.guard_aliases(conn, application_name, leaving, force, "move away")
+                removed = writes.remove(conn, self.kinds, leaving)
                 copies = [NewFile(target, {**by_path[src].metadata, "date": date},
                                   by_path[src].fast_sha or disk.fast_sha(target))
                           for src, target in moves]
                 new_version = writes.add(conn, self._context_(), application_name, domain_name,
                                          dest_type, mime_type, copies, version)
+                target_of = dict(moves)
+                for event in file_events(application_name, "move", leaving,
+                                         to_entry_type=dest_type, to_version=new_version):
+                    event["files"] = sorted(target_of[path] for path in event["files"])
+                    event["bytes"] = sum(sizes[path] for path in event["files"])
+                    self.record_events(conn, [event])
                 if copy:
                     self._drop_intents(conn, tag)
                     removed.still_referenced = set(reads.locate(
@@ -235,3 +247,10 @@ def _intent_table(conn: Connection) -> sa.Table:
     return schema._own_schema(mariadb=conn.dialect.name != "sqlite").tables[schema.FILE_INTENT]
 
 
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

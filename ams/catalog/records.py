@@ -158,11 +158,12 @@ class FileRecord:
 
 @dataclass
 class NewFile:
-    """A file to register: absolute path, metadata (already checked) and Kosh's fast sha."""
+    """A file to register: absolute path, metadata (already checked), Kosh's fast sha, size."""
 
     path: str
     metadata: Dict[str, Any]
     fast_sha: str
+    size: Optional[int] = None  #: bytes on disk (None: not known yet)
 
 
 @dataclass
