@@ -66,12 +66,12 @@ _ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 #: A moment: an aware datetime, a naive datetime meaning UTC, or an ISO-8601 string.
 TimeLike: TypeAlias = datetime | str
 
-_metadata = sa.MetaData()
+METADATA = sa.MetaData()
 # With utf8mb4 a character takes up to 4 bytes: the widest index below is
 # (255 + 255 + 32 + 64 + 32) x 4 + 8 = 2,560 bytes, under InnoDB's 3,072.
 _TABLE = sa.Table(
     TABLE_NAME,
-    _metadata,
+    METADATA,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
               autoincrement=True),
     sa.Column("application_name", sa.String(255), nullable=False),

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import BackendError
 from ..url import StoreURL
-from . import aliases, feed, reads, schema, writes
+from . import aliases, reads, schema, writes
 from .filesystems import refuse_network_filesystem
 from .records import (
     Dataset,
@@ -63,10 +63,6 @@ class CatalogBase:
             with self.transactions.translate_errors("open"):
                 if not self.read_only:
                     self.created = schema.create_tables(engine) + schema.create_own_tables(engine)
-                    with engine.begin() as conn:  # DDL commits on MariaDB: its own transaction
-                        self.created += aliases.create_tables(conn)
-                    with engine.begin() as conn:
-                        self.created += feed.create_tables(conn)
                     self._initialise_kosh()
                 self._read_store_info()
         except BaseException:

@@ -93,14 +93,14 @@ _NAME = 255
 #: Bytes of event bodies per INSERT statement (MariaDB's default max_allowed_packet is 16 MiB).
 _STATEMENT_BYTES = 4_000_000
 
-_METADATA = sa.MetaData()
+METADATA = sa.MetaData()
 _MARIADB_OPTIONS: dict[str, Any] = {
     "mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": MARIADB_COLLATION}
 
 # The index key is application_name (255 x 4 bytes) + id (8 bytes), and the relay
 # primary key 2 x 255 x 4 bytes: both well inside InnoDB's 3,072-byte limit.
 CHANGE = sa.Table(
-    "ams_change", _METADATA,
+    "ams_change", METADATA,
     # INTEGER PRIMARY KEY AUTOINCREMENT on SQLite (never reuses an id), BIGINT AUTO_INCREMENT on MariaDB.
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
               autoincrement=True),
@@ -119,7 +119,7 @@ CHANGE = sa.Table(
 )
 
 RELAY = sa.Table(
-    "ams_relay", _METADATA,
+    "ams_relay", METADATA,
     sa.Column("application_name", sa.String(_NAME), primary_key=True),
     sa.Column("relay", sa.String(_NAME), primary_key=True),
     sa.Column("last_id", sa.BigInteger(), nullable=False),
@@ -138,7 +138,7 @@ def create_tables(conn: Connection) -> list[str]:
     """
     _check_dialect(conn)
     created: list[str] = []
-    for table in _METADATA.sorted_tables:
+    for table in METADATA.sorted_tables:
         steps: list[tuple[str, ExecutableDDLElement]] = [(table.name, CreateTable(table))]
         steps += [(str(index.name), CreateIndex(index))
                   for index in sorted(table.indexes, key=lambda ix: str(ix.name))]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import sqlalchemy as sa
 from sina.datastores import sql_schema as sina_schema
@@ -147,11 +147,18 @@ def create_tables(engine: sa.engine.Engine) -> list[str]:
 
 
 def create_own_tables(engine: sa.engine.Engine) -> list[str]:
-    """Create ams's own tables (:data:`VERSION_MARK`, :data:`FILE_INTENT`...) if missing."""
-    return _create(engine, _own_schema)
+    """Create ams's own tables if missing: :data:`VERSION_MARK`, :data:`FILE_INTENT`, the
+    alias history (:mod:`ams.catalog.aliases`) and the change feed (:mod:`ams.catalog.feed`)."""
+    from . import aliases, feed  # they import this module
+    created = _create(engine, _own_schema)
+    for metadata in (aliases.METADATA, feed.METADATA):
+        created += _create(engine, lambda mariadb, metadata=metadata: metadata)
+    return created
 
 
-def _create(engine: sa.engine.Engine, schema: "functools._lru_cache_wrapper[sa.MetaData]") -> list[str]:
+def _create(engine: sa.engine.Engine, schema: Callable[..., sa.MetaData]) -> list[str]:
+    """Each missing table and index in its own transaction (MariaDB commits DDL anyway),
+    taking SQLite's write lock up front: two openers upgrading a read lock would deadlock."""
     dialect = engine.dialect.name
     if dialect not in ("sqlite", "mysql", "mariadb"):
         raise ValueError(f"unsupported database backend {dialect!r}: use SQLite or MariaDB")
@@ -166,8 +173,14 @@ def _create(engine: sa.engine.Engine, schema: "functools._lru_cache_wrapper[sa.M
             if key in existing:
                 continue
             try:
-                with engine.begin() as conn:
-                    conn.execute(ddl)
+                with engine.connect() as conn:
+                    conn.info["ams_write"] = True  # SQLite: BEGIN IMMEDIATE (see transactions)
+                    try:
+                        with conn.begin():
+                            conn.execute(ddl)
+                    finally:
+                        if not conn.invalidated:
+                            conn.info.pop("ams_write", None)
             except sa.exc.DBAPIError as exc:
                 # information_schema can miss a table another process is altering:
                 # trust the error itself first.
