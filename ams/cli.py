@@ -41,7 +41,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import traceback
@@ -51,7 +50,7 @@ from . import __version__
 from .errors import AMSStoreError, InvalidArgumentError, MissingFileError
 from .store import AMSDataStore
 from .store_types import AMSModelDescr, UQAggregate, UQType
-from .url import mask_password
+from .url import mask_secrets, password_of
 
 __all__ = ["main", "COMMANDS", "Command", "command", "emit", "CLIError", "UsageError"]
 
@@ -120,25 +119,6 @@ def fail(message: str) -> int:
     """Write the one ``Error: ...`` line to stderr; return exit code 1."""
     sys.stderr.write(f"Error: {_one_line(message)}\n")
     return 1
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
-
-
-def mask_secrets(text: str, password: Optional[str] = None) -> str:
-    """Hide ``password`` and any ``scheme://user:password@`` in ``text``.
-
-    >>> mask_secrets("bad: mariadb://ams:pw@db/x")
-    'bad: mariadb://ams:***@db/x'
-    """
-    return _URL_PASSWORD.sub(r"\1***@", mask_password(text, password))
-
-
-def _password_of(url: Optional[str]) -> Optional[str]:
-    if not url or "://" not in url or "@" not in url:
-        return None
-    auth = url.split("://", 1)[1].rpartition("@")[0]
-    return auth.split(":", 1)[1] if ":" in auth else None
 
 
 class _Progress:
@@ -641,7 +621,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec, subparser = COMMANDS[args.command], args._subparser
     url = args.url if args.url is not None else os.environ.get(URL_ENV)
     name = args.name if args.name is not None else os.environ.get(NAME_ENV)
-    password = _password_of(url)
+    password = password_of(url)
     try:
         if not url:
             raise UsageError(f"no store URL: give --url or set {URL_ENV}")
