@@ -94,3 +94,32 @@ def test_cli_unquoted_password_is_one_line_without_it(run_cli):
     result = run_cli("--url", f"mariadb://ams:{SECRET}@127.0.0.1:1/db", "--name", "app", "create")
     assert result.code == 1 and "URL-quoted" in result.error_line
     assert SECRET not in result.err and "p/ss" not in result.err
+
+
+# ------------------------------------------------------------------ item 5: a str against numbers
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">="])
+def test_ordering_with_a_str_that_spells_a_number_is_refused(store, make_h5, op):
+    from ams.errors import InvalidArgumentError
+    store.add_data("EOS", [make_h5()], metadata={"val_error": 0.2})
+    with pytest.raises(InvalidArgumentError, match=r"'val_error'.* got the str '0.5'"):
+        store.search("EOS", "data", metadata={"val_error": {op: "0.5"}})
+    expected = {"<": 0, "<=": 1, ">": 0, ">=": 1}[op]  # numbers still order numbers
+    assert len(store.search("EOS", "data", metadata={"val_error": {op: 0.2}})) == expected
+
+
+def test_ordering_str_values_with_a_str_still_works(store, make_h5):
+    files = {day: make_h5() for day in ("2024-05-01", "2024-05-03", "2024-06-01")}
+    for day, path in files.items():
+        store.add_data("EOS", [path], metadata={"day": day, "label": "v" + day[-1]})
+    later = store.search("EOS", "data", metadata={"day": {">=": "2024-05-02"}})
+    assert sorted(e["filename"] for e in later) == sorted([files["2024-05-03"], files["2024-06-01"]])
+    assert len(store.search("EOS", "data", metadata={"label": {"<": "v2"}})) == 2
+    assert store.search("EOS", "data", metadata={"day": "2024-05-01"})  # equality untouched
+    assert store.search("EOS", "data", metadata={"day": {"==": "3"}}) == []
+
+
+@SQLITE_ONLY
+def test_cli_query_with_a_str_number_is_one_error_line(cli, store):
+    result = cli("query", "--metadata", '{"val_error": {"<": "0.5"}}')
+    assert result.code == 1 and result.out == ""
+    assert "'val_error'" in result.error_line and "the str '0.5'" in result.error_line
