@@ -3,6 +3,10 @@
 ``{"key": value}`` is equality; ``{"key": {"<": 0.1}}`` compares, with the
 operators ``==, !=, <, <=, >, >=, in`` (several in one dict are ANDed).
 Equality is type-aware: ``True`` does not equal ``1``, ``1`` equals ``1.0``.
+Ordering compares numbers with numbers and str with str (an entry whose value
+is of the other kind does not match), and an ordering operand that is a str
+spelling a number (``{"val_error": {"<": "0.5"}}``) is refused: see
+:func:`parse_conditions`.
 
 >>> match = compile_conditions({"val_error": {"<": 0.1}, "kind": "eos"})
 >>> match({"val_error": 0.05, "kind": "eos"}), match({"val_error": 0.2, "kind": "eos"})
@@ -15,7 +19,7 @@ import operator
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from . import _validate
-from .errors import InvalidMetadataError
+from .errors import InvalidArgumentError, InvalidMetadataError
 
 OPERATORS: Dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
@@ -34,6 +38,24 @@ def parse_conditions(conditions: Any) -> List[Condition]:
 
     The store passes these to the adapter too, which narrows its reads with
     them in SQL before :func:`matcher` decides exactly.
+
+    An ordering operator (``<``, ``<=``, ``>``, ``>=``) whose operand is a str
+    that ``float()`` accepts (``"0.5"``, ``"3"``, ``"1e-3"``) raises
+    :class:`InvalidArgumentError`: such a filter would compare a str with the
+    numbers a key like ``val_error`` holds and silently match nothing, a
+    mistake typical of values taken from a command line or a config file. A
+    str operand that is not a number (``{"date": {">=": "2024-05-01"}}``)
+    orders str values as before. The price: str values that spell numbers
+    (``"0042"``) cannot be ordered as str; store them as numbers.
+
+    >>> parse_conditions({"val_error": {"<": "0.5"}})
+    Traceback (most recent call last):
+    ...
+    ams.errors.InvalidArgumentError: metadata filter 'val_error': '<' got the str '0.5', \
+which spells a number; ordering compares numbers with numbers and str with str, so \
+give the number 0.5
+    >>> parse_conditions({"date": {">=": "2024-05-01"}})
+    [('date', '>=', '2024-05-01')]
     """
     if conditions is None:
         conditions = {}
@@ -78,7 +100,20 @@ def _operand(key: str, op: Any, operand: Any) -> Any:
     if op not in ("==", "!=") and (isinstance(value, (list, bool))):
         raise InvalidMetadataError(f"metadata filter {key!r}: {op!r} needs a number or a str, "
                                    f"not {operand!r}")
+    if op not in ("==", "!=") and isinstance(value, str) and _spells_number(value):
+        raise InvalidArgumentError(f"metadata filter {key!r}: {op!r} got the str {value!r}, "
+                                   "which spells a number; ordering compares numbers with "
+                                   f"numbers and str with str, so give the number {value.strip()}")
     return value
+
+
+def _spells_number(text: str) -> bool:
+    """Whether ``float()`` reads ``text`` as a number ("0.5", " 3 ", "1e-3", "inf")."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_kind(a: Any, b: Any) -> bool:

@@ -25,7 +25,10 @@ block (``arguments(parser)``, which adds the command's options). For example::
 
 The framework supplies the rest: the global options (``--url`` /
 ``AMS_STORE_URL``, ``--name`` / ``AMS_APP_NAME``, ``-v``), opening and closing
-the store (read-only when ``read_only``), the ``--help`` page with its example
+the store (read-only when ``read_only``; a store that does not exist is an
+error, ``no store at ...; create it with `ams-store create```, unless the
+command is registered with ``creates_store=True``), keeping the warnings a
+command reports itself (``reported``) off stderr, the ``--help`` page with its example
 (``tests/test_cli.py`` fails when a command lacks either), turning errors into
 exit codes and masking passwords. Raise :class:`UsageError` (exit 2) for a bad
 combination of options, best from the optional ``check(args)`` hook, which
@@ -41,17 +44,16 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 from . import __version__
-from .errors import AMSStoreError, InvalidArgumentError, MissingFileError
+from .errors import AMSStoreError, BackendError, InvalidArgumentError, MissingFileError
 from .store import AMSDataStore
 from .store_types import AMSModelDescr, UQAggregate, UQType
-from .url import mask_password
+from .url import mask_secrets, parse_store_url, password_of
 
 __all__ = ["main", "COMMANDS", "Command", "command", "emit", "CLIError", "UsageError"]
 
@@ -84,6 +86,12 @@ class Command:
     run: Callable[[AMSDataStore, argparse.Namespace], int]
     read_only: Union[bool, Callable[[argparse.Namespace], bool]] = False
     check: Optional[Callable[[argparse.Namespace], None]] = None
+    creates_store: bool = False
+    """Whether the command may create the store (only ``create`` and ``import``); every
+    other command refuses a store that does not exist, and creates nothing."""
+    reported: Tuple[Tuple[str, str], ...] = ()
+    """Log records the command reports itself, as (logger name, start of the message
+    format): not echoed on stderr without ``-v`` (one problem, one line)."""
 
     def opens_read_only(self, args: argparse.Namespace) -> bool:
         return self.read_only(args) if callable(self.read_only) else bool(self.read_only)
@@ -96,12 +104,14 @@ COMMANDS: Dict[str, Command] = {}
 def command(name: str, help: str, example: str,
             arguments: Callable[[argparse.ArgumentParser], None],
             read_only: Union[bool, Callable[[argparse.Namespace], bool]] = False,
-            check: Optional[Callable[[argparse.Namespace], None]] = None):
+            check: Optional[Callable[[argparse.Namespace], None]] = None,
+            creates_store: bool = False, reported: Tuple[Tuple[str, str], ...] = ()):
     """Register the decorated ``run(store, args) -> int`` as subcommand ``name``."""
     def register(run: Callable[[AMSDataStore, argparse.Namespace], int]):
         if name in COMMANDS:
             raise ValueError(f"command {name!r} is registered twice")
-        COMMANDS[name] = Command(name, help, example, arguments, run, read_only, check)
+        COMMANDS[name] = Command(name, help, example, arguments, run, read_only, check,
+                                 creates_store, reported)
         return run
     return register
 
@@ -120,25 +130,6 @@ def fail(message: str) -> int:
     """Write the one ``Error: ...`` line to stderr; return exit code 1."""
     sys.stderr.write(f"Error: {_one_line(message)}\n")
     return 1
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
-
-
-def mask_secrets(text: str, password: Optional[str] = None) -> str:
-    """Hide ``password`` and any ``scheme://user:password@`` in ``text``.
-
-    >>> mask_secrets("bad: mariadb://ams:pw@db/x")
-    'bad: mariadb://ams:***@db/x'
-    """
-    return _URL_PASSWORD.sub(r"\1***@", mask_password(text, password))
-
-
-def _password_of(url: Optional[str]) -> Optional[str]:
-    if not url or "://" not in url or "@" not in url:
-        return None
-    auth = url.split("://", 1)[1].rpartition("@")[0]
-    return auth.split(":", 1)[1] if ":" in auth else None
 
 
 class _Progress:
@@ -186,13 +177,23 @@ def _json_object(text: Optional[str], option: str) -> Dict[str, Any]:
 
 
 def _version_selector(text: str) -> Union[int, str]:
-    """``latest`` or an integer (argparse type)."""
-    if text == "latest":
+    """An integer, ``latest`` or ``@alias`` (argparse type); the store checks the alias name."""
+    if text == "latest" or (text.startswith("@") and len(text) > 1):
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'latest', not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer or 'latest' (or '@alias'), "
+                                         f"not {text!r}") from None
+
+
+def _data_versions(text: str) -> List[int]:
+    """``1,2``: a comma-separated list of data versions (argparse type)."""
+    try:
+        versions = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected data versions like 1,2, not {text!r}") from None
+    return versions
 
 
 def _add_domain(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -216,7 +217,7 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("create", "Create the store (its tables) if needed; report whether it was created.",
          example=f"{PROG} --url sqlite:///ams-store/catalogue.db --name my-app create",
-         arguments=_create_arguments)
+         arguments=_create_arguments, creates_store=True)
 def create(store: AMSDataStore, args: argparse.Namespace) -> int:
     emit({"url": str(store.url), "application_name": store.application_name,
           "created": bool(store.created_tables)})
@@ -224,7 +225,7 @@ def create(store: AMSDataStore, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ add
-_MODEL_OPTIONS = ("threshold", "uq_type", "uq_aggregate", "val_error", "test_error")
+_MODEL_OPTIONS = ("threshold", "uq_type", "uq_aggregate", "val_error", "test_error", "trained_on")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,6 +247,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              + " (required unless --uq-type Random)")
     models.add_argument("--val-error", type=float, help="validation error")
     models.add_argument("--test-error", type=float, help="test error")
+    models.add_argument("--trained-on", type=_data_versions, metavar="V,V",
+                        help="data versions of the domain the model was trained on, e.g. 1,2 "
+                             "(recorded for lineage; purging those files is then refused)")
 
 
 def _check_add(args: argparse.Namespace) -> None:
@@ -267,7 +271,8 @@ def _check_add(args: argparse.Namespace) -> None:
          example=f"{PROG} add --entry data --domain EOS --file run-1.h5 --file run-2.h5 \\\n"
                  f"      --metadata '{{\"cycle\": 3}}'\n"
                  f"{PROG} add --entry models --domain EOS --file eos.pt --threshold 0.5 \\\n"
-                 f"      --uq-type DeltaUQ --uq-aggregate mean --val-error 0.03 --test-error 0.02",
+                 f"      --uq-type DeltaUQ --uq-aggregate mean --val-error 0.03 --test-error 0.02 \\\n"
+                 f"      --trained-on 1,2",
          arguments=_add_arguments, check=_check_add)
 def add(store: AMSDataStore, args: argparse.Namespace) -> int:
     metadata = _json_object(args.metadata, "--metadata")
@@ -279,7 +284,8 @@ def add(store: AMSDataStore, args: argparse.Namespace) -> int:
         if model is not None:
             version = store.add_model(args.domain_name, dataclasses.replace(model, path=files[0]),
                                       test_error=args.test_error, val_error=args.val_error,
-                                      version=args.version, metadata=metadata)
+                                      version=args.version, metadata=metadata,
+                                      trained_on=args.trained_on)
         else:
             method = store.add_data if args.entry_type == "data" else store.add_candidates
             version = method(args.domain_name, files, args.version, metadata,
@@ -340,8 +346,9 @@ def _remove_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", dest="files", action="append", metavar="F",
                         help="file to remove (repeat for several); without it, remove what "
                              "--version/--metadata match")
-    parser.add_argument("--version", type=_version_selector, metavar="V|latest",
-                        help="only this version ('latest': the highest matching one)")
+    parser.add_argument("--version", type=_version_selector, metavar="V|latest|@alias",
+                        help="only this version ('latest': the highest matching one; "
+                             "'@champion': the version the alias champion points at)")
     _add_metadata(parser, "only entries whose metadata match, a JSON object "
                           "(operators as in query)")
     parser.add_argument("--all", action="store_true",
@@ -368,7 +375,9 @@ def _check_remove(args: argparse.Namespace) -> None:
 @command("remove", "Remove entries from the store (and their files with --purge).",
          example=f"{PROG} remove --entry candidates --domain EOS --version 3 --purge\n"
                  f"{PROG} remove --entry data --domain EOS --file run-1.h5",
-         arguments=_remove_arguments, check=_check_remove)
+         arguments=_remove_arguments, check=_check_remove,
+         reported=(("ams.store", "%d file(s) to remove are not in"),
+                   ("ams.catalog.file_effects", "purge: not deleting")))
 def remove(store: AMSDataStore, args: argparse.Namespace) -> int:
     metadata = _json_object(args.metadata, "--metadata")
     if args.metadata is not None and not metadata:
@@ -393,9 +402,10 @@ def remove(store: AMSDataStore, args: argparse.Namespace) -> int:
 def _query_arguments(parser: argparse.ArgumentParser) -> None:
     _add_domain(parser, required=False)
     _add_entry(parser, required=False)
-    parser.add_argument("--version", type=_version_selector, metavar="V|latest",
+    parser.add_argument("--version", type=_version_selector, metavar="V|latest|@alias",
                         help="only this version ('latest': the highest matching one per "
-                             "domain and entry)")
+                             "domain and entry; '@champion': the version the alias "
+                             "champion points at)")
     _add_metadata(parser, "metadata filter, a JSON object: {\"key\": value} for equality or "
                           "{\"key\": {\"op\": value}} with op one of == != < <= > >= in")
     parser.add_argument("--file", metavar="F", help="only the entry of this file "
@@ -460,21 +470,47 @@ def _move_arguments(parser: argparse.ArgumentParser) -> None:
                         help="entry the files are registered in")
     parser.add_argument("--to", dest="dest_type", required=True, choices=ENTRY_TYPES,
                         help="entry to register the moved files in")
-    parser.add_argument("--dest", required=True, metavar="DIR",
-                        help="directory the files are copied into (sources are deleted after)")
+    parser.add_argument("--dest", metavar="DIR",
+                        help="directory the files are copied into (sources are deleted after); "
+                             "with --in-place, their own folder (the default then)")
     parser.add_argument("--file", dest="files", action="append", required=True, metavar="F",
                         help="registered file to move (repeat for several)")
     parser.add_argument("--version", type=int, metavar="V",
                         help="version of --to to add to (default: a new version)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="change the files' entry without copying or touching them on disk "
+                             "(for big files on a parallel filesystem)")
+
+
+def _folders(files: Sequence[str]) -> List[str]:
+    return sorted({os.path.dirname(os.path.realpath(path)) for path in files})
+
+
+def _check_move(args: argparse.Namespace) -> None:
+    if not args.in_place:
+        if args.dest is None:
+            raise UsageError("the following arguments are required: --dest (or give --in-place)")
+        return
+    folders = _folders(args.files)
+    if args.dest is None and len(folders) > 1:
+        raise UsageError(f"--in-place moves files where they are, and these are in "
+                         f"{len(folders)} folders ({', '.join(folders)}): move one folder per call")
+    if args.dest is not None and [os.path.realpath(args.dest)] != folders:
+        raise UsageError(f"--in-place moves files where they are: --dest must be their folder "
+                         f"{folders[0] if len(folders) == 1 else ', '.join(folders)}, not "
+                         f"{args.dest} (or leave --dest out)")
 
 
 @command("move", "Move registered files to another entry (promote candidates to data).",
          example=f"{PROG} move --domain EOS --from candidates --to data --dest /pfs/eos/data \\\n"
-                 f"      --file cand-1.h5 --file cand-2.h5",
-         arguments=_move_arguments)
+                 f"      --file cand-1.h5 --file cand-2.h5\n"
+                 f"{PROG} move --domain EOS --from candidates --to data --in-place "
+                 f"--file /pfs/eos/cand-3.h5",
+         arguments=_move_arguments, check=_check_move)
 def move(store: AMSDataStore, args: argparse.Namespace) -> int:
-    emit(store.move(args.domain_name, args.dest, args.src_type, args.dest_type, args.files,
-                    version=args.version))
+    dest = args.dest if args.dest is not None else _folders(args.files)[0]
+    emit(store.move(args.domain_name, dest, args.src_type, args.dest_type, args.files,
+                    version=args.version, copy=not args.in_place))
     return 0
 
 
@@ -487,7 +523,8 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("verify", "Check the store's consistency; exit 1 when problems are found.",
          example=f"{PROG} verify --domain EOS",
-         arguments=_verify_arguments, read_only=lambda args: not args.repair)
+         arguments=_verify_arguments, read_only=lambda args: not args.repair,
+         reported=(("ams.store", "verify: %d record(s) checked"),))
 def verify(store: AMSDataStore, args: argparse.Namespace) -> int:
     if not hasattr(store, "verify"):
         raise CLIError("this version of ams has no AMSDataStore.verify")
@@ -531,7 +568,7 @@ def _import_arguments(parser: argparse.ArgumentParser) -> None:
                    "imports nothing twice.",
          example=f"{PROG} import --from sqlite:////pfs/ams/old-store.db --skip-missing\n"
                  f"{PROG} import --from /pfs/ams/kosh-store/ams_config.json",
-         arguments=_import_arguments)
+         arguments=_import_arguments, creates_store=True)
 def import_(store: AMSDataStore, args: argparse.Namespace) -> int:
     emit(store.import_from(args.source, application_name=args.application,
                            missing="skip" if args.skip_missing else "import").to_dict())
@@ -541,8 +578,9 @@ def import_(store: AMSDataStore, args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ lineage
 def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
     _add_domain(parser)
-    parser.add_argument("--version", type=_version_selector, required=True, metavar="V|latest",
-                        help="models version")
+    parser.add_argument("--version", type=_version_selector, required=True,
+                        metavar="V|latest|@alias", help="models version (or '@champion': the "
+                                                        "version the alias champion points at)")
 
 
 @command("lineage", "Show which data versions and files trained a models version "
@@ -554,6 +592,111 @@ def lineage(store: AMSDataStore, args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ alias
+@dataclasses.dataclass(frozen=True)
+class _AliasAction:
+    """One ``alias`` subcommand: help, example, extra options, whether it writes, what it does."""
+
+    help: str
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    writes: bool
+    run: Callable[[AMSDataStore, argparse.Namespace], Any]
+
+
+def _alias_key(parser: argparse.ArgumentParser) -> None:
+    _add_domain(parser)
+    parser.add_argument("--entry", dest="entry_type", choices=ENTRY_TYPES, default="models",
+                        help="entry type the alias belongs to (default: models)")
+
+
+def _alias_name(parser: argparse.ArgumentParser) -> None:
+    _alias_key(parser)
+    parser.add_argument("--name", "--alias", dest="alias", required=True, metavar="ALIAS",
+                        help="alias name: 1-64 letters, digits, _ - ., starting with a letter "
+                             "('latest' is reserved); here --name is the alias: give the "
+                             f"application name before 'alias' or in {NAME_ENV}")
+
+
+def _alias_set_arguments(parser: argparse.ArgumentParser) -> None:
+    _alias_name(parser)
+    parser.add_argument("--version", type=_version_selector, required=True, metavar="V|@alias",
+                        help="the existing version to point at (or '@other': the version "
+                             "the alias other points at)")
+
+
+def _alias_get_arguments(parser: argparse.ArgumentParser) -> None:
+    _alias_name(parser)
+    parser.add_argument("--at", metavar="ISO",
+                        help="the version the alias pointed at then: an ISO-8601 time such as "
+                             "2024-05-01T14:00:00 (naive times are UTC)")
+
+
+def _alias_result(args: argparse.Namespace, **values: Any) -> Dict[str, Any]:
+    return {"domain_name": args.domain_name, "entry_type": args.entry_type, "alias": args.alias,
+            **values}
+
+
+ALIAS_ACTIONS: Dict[str, _AliasAction] = {
+    "set": _AliasAction(
+        "Point an alias at an existing version; prints the version it pointed at before.",
+        f"{PROG} alias set --domain EOS --name champion --version 3",
+        _alias_set_arguments, True,
+        lambda store, args: _alias_result(
+            args, version=args.version,
+            previous=store.set_alias(args.domain_name, args.alias, args.version,
+                                     entry_type=args.entry_type))),
+    "get": _AliasAction(
+        "Print the version an alias points at (null when unset), or pointed at --at a time.",
+        f"{PROG} alias get --domain EOS --name champion --at 2024-05-01T14:00:00",
+        _alias_get_arguments, False,
+        lambda store, args: _alias_result(
+            args, at=args.at, version=store.get_alias(args.domain_name, args.alias,
+                                                      entry_type=args.entry_type, at=args.at))),
+    "history": _AliasAction(
+        "List every change of an alias, oldest first (version, previous, set_at, set_by).",
+        f"{PROG} alias history --domain EOS --name champion",
+        _alias_name, False,
+        lambda store, args: store.alias_history(args.domain_name, args.alias,
+                                                entry_type=args.entry_type)),
+    "rm": _AliasAction(
+        "Unset an alias (kept in its history); prints the version it pointed at.",
+        f"{PROG} alias rm --domain EOS --name challenger",
+        _alias_name, True,
+        lambda store, args: _alias_result(
+            args, removed=store.remove_alias(args.domain_name, args.alias,
+                                             entry_type=args.entry_type))),
+    "list": _AliasAction(
+        "Map the aliases set on an entry of a domain to their versions.",
+        f"{PROG} alias list --domain EOS",
+        _alias_key, False,
+        lambda store, args: store.aliases(args.domain_name, entry_type=args.entry_type)),
+}
+"""The ``alias`` subcommands, in the order ``ams-store alias --help`` lists them."""
+
+
+def _alias_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="alias_action", metavar="action", required=True,
+                                    help="one of: " + ", ".join(ALIAS_ACTIONS))
+    for name, action in ALIAS_ACTIONS.items():
+        sub = actions.add_parser(name, help=action.help, description=action.help,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=f"example:\n  {action.example}")
+        action.arguments(sub)
+        _global_options(sub, suppress=True, app_name=False)
+        sub.set_defaults(_subparser=sub)
+
+
+@command("alias", "Deployment aliases (champion, challenger...): set, get (also at a past "
+                  "time), history, rm, list.",
+         example="\n".join(action.example for action in ALIAS_ACTIONS.values()),
+         arguments=_alias_arguments,
+         read_only=lambda args: not ALIAS_ACTIONS[args.alias_action].writes)
+def alias(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit(ALIAS_ACTIONS[args.alias_action].run(store, args))
+    return 0
+
+
 # ------------------------------------------------------------------ parser and main
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose error messages never echo a password."""
@@ -562,14 +705,18 @@ class _Parser(argparse.ArgumentParser):
         super().error(mask_secrets(message))
 
 
-def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """``--url``, ``--name``, ``-v``; on subcommands too (defaults suppressed, not overriding)."""
+def _global_options(parser: argparse.ArgumentParser, suppress: bool, app_name: bool = True) -> None:
+    """``--url``, ``--name``, ``-v``; on subcommands too (defaults suppressed, not overriding).
+
+    ``app_name=False`` leaves ``--name`` out (the ``alias`` actions use it for the alias).
+    """
     url, name, verbose = (argparse.SUPPRESS,) * 3 if suppress else (None, None, 0)
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument("--url", default=url,
                        help=f"store URL: sqlite:///path.db, a file path or "
                             f"mariadb://user:password@host:port/database (env {URL_ENV})")
-    group.add_argument("--name", default=name, help=f"application name (env {NAME_ENV})")
+    if app_name:
+        group.add_argument("--name", default=name, help=f"application name (env {NAME_ENV})")
     group.add_argument("-v", "--verbose", action="count", default=verbose,
                        help="log what happens (-vv: debug); show tracebacks")
 
@@ -611,24 +758,75 @@ class _MaskingFilter(logging.Filter):
         return True
 
 
+class _ReportedFilter(logging.Filter):
+    """Drop the log records a command reports itself (its ``reported``)."""
+
+    def __init__(self, reported: Tuple[Tuple[str, str], ...]) -> None:
+        super().__init__()
+        self.reported = reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and isinstance(record.msg, str)
+                       and record.msg.startswith(start) for name, start in self.reported)
+
+
 @contextlib.contextmanager
-def _logging(verbosity: int, password: Optional[str]) -> Iterator[None]:
-    """Log to stderr while the command runs: nothing by default, INFO with -v, DEBUG with -vv."""
-    if verbosity <= 0:
-        yield
-        return
+def _logging(verbosity: int, password: Optional[str],
+             reported: Tuple[Tuple[str, str], ...] = ()) -> Iterator[None]:
+    """Log to stderr while the command runs: warnings by default, INFO with -v, DEBUG with -vv.
+
+    Without ``-v``, the warnings the command reports itself (``reported``) are
+    left out, so one problem makes one ``Error:`` line.
+    """
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))
+    if verbosity <= 0:
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(_ReportedFilter(reported))
     handler.addFilter(_MaskingFilter(password))
     old_level = root.level
     root.addHandler(handler)
-    root.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    if verbosity > 0:
+        root.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+def _open_store(spec: Command, args: argparse.Namespace, name: str, url: str) -> AMSDataStore:
+    """Open the store for ``spec``: only ``create`` and ``import`` make a store that is not there.
+
+    For any other command a store that does not exist is an error that creates
+    nothing: a SQLite file that is missing (or empty), or a MariaDB database
+    without the store's tables (found by opening read-only first, which
+    creates nothing).
+    """
+    read_only = spec.opens_read_only(args)
+    if spec.creates_store:
+        return AMSDataStore(name, url, read_only=read_only).open()
+    where = parse_store_url(url)
+    missing = CLIError(f"no store at {where.location}; create it with `{PROG} create`")
+    if where.backend == "sqlite":
+        path = str(where.path)
+        if os.path.isdir(path):
+            raise CLIError(f"no store at {path}: it is a folder, not a store file")
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise missing
+        return AMSDataStore(name, url, read_only=read_only).open()
+    probe = AMSDataStore(name, url, read_only=True)
+    try:
+        probe.open()
+    except BackendError as error:
+        if "is not a Kosh store" in str(error):
+            raise missing from None
+        raise
+    if read_only:
+        return probe
+    probe.close()
+    return AMSDataStore(name, url).open()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -641,7 +839,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec, subparser = COMMANDS[args.command], args._subparser
     url = args.url if args.url is not None else os.environ.get(URL_ENV)
     name = args.name if args.name is not None else os.environ.get(NAME_ENV)
-    password = _password_of(url)
+    password = password_of(url)
     try:
         if not url:
             raise UsageError(f"no store URL: give --url or set {URL_ENV}")
@@ -649,8 +847,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError(f"no application name: give --name or set {NAME_ENV}")
         if spec.check is not None:
             spec.check(args)
-        with _logging(args.verbose, password):
-            with AMSDataStore(name, url, read_only=spec.opens_read_only(args)) as store:
+        with _logging(args.verbose, password, spec.reported):
+            with _open_store(spec, args, name, url) as store:
                 return spec.run(store, args)
     except UsageError as error:
         try:

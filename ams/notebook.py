@@ -14,6 +14,7 @@ the catalogue's answer, found by the store.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import warnings
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from .store import AMSDataStore
 
-__all__ = ["load_model", "load_data", "connect_kosh", "kosh_dataset"]
+__all__ = ["load_model", "load_data", "connect_kosh", "close_kosh", "kosh_dataset"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,6 +183,30 @@ def connect_kosh(url: StoreURL) -> Any:
     return kosh_store
 
 
+def close_kosh(kosh_store: Any) -> None:
+    """Close a store from :func:`connect_kosh` and release it: nothing of it is left for exit.
+
+    ``KoshStore.__init__`` registers ``atexit.register(self._clean_up)`` (which
+    closes the store and runs ``gc.collect()``) and nothing unregisters it, so
+    every Kosh store a process opened stays alive, and is closed and collected
+    again, at interpreter exit: seconds per store in a process holding torch.
+    This runs that clean-up now and unregisters exactly that bound method (bound
+    methods compare equal by object and function). Errors of Kosh's close
+    propagate; the clean-up is unregistered anyway.
+    """
+    clean_up = getattr(kosh_store, "_clean_up", None)
+    if not callable(clean_up):  # not a KoshStore of kosh 3.x: close it the plain way
+        kosh_store.close()
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clean_up()
+    finally:
+        atexit.unregister(clean_up)
+    LOGGER.debug("closed a Kosh store and unregistered its exit clean-up")
+
+
 def kosh_dataset(kosh_store: Any, dataset_id: str) -> Any:
     """The Kosh dataset ``dataset_id`` (found by the catalogue) from ``kosh_store``."""
     _end_snapshot(kosh_store)
@@ -203,7 +228,11 @@ def _end_snapshot(kosh_store: Any) -> None:
 
 
 def version_or_latest(version: Any) -> VersionOrLatest:
-    """An int, "latest" or "@alias" (see :func:`ams._validate.single_version`)."""
+    """An int version, ``"latest"``, or an ``"@alias"`` selector (resolved by the store).
+
+    >>> version_or_latest("@champion"), version_or_latest("latest"), version_or_latest(3)
+    ('@champion', 'latest', 3)
+    """
     if (isinstance(version, str) and version != "latest"
             and not _validate.alias_selector(version) and not version.isdecimal()):
         raise InvalidArgumentError(f"version must be an int, 'latest' or '@alias', not {version!r}")

@@ -163,7 +163,7 @@ class AMSDataStore(StoreCompat, StoreJournal):
         if self._kosh_store is not None:
             kosh_store, self._kosh_store = self._kosh_store, None
             try:
-                kosh_store.close()
+                notebook.close_kosh(kosh_store)  # also drops Kosh's exit clean-up for it
             except Exception as error:  # noqa: BLE001 - closing must not fail the caller
                 LOGGER.warning("closing the Kosh store of %s failed: %s", self._url, error)
         if self._catalog is not None:

@@ -19,13 +19,15 @@ Accepted forms:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import BadURLError
 
-__all__ = ["StoreURL", "parse_store_url", "ACCEPTED_FORMS"]
+__all__ = ["StoreURL", "parse_store_url", "ACCEPTED_FORMS", "mask_url", "mask_password",
+           "mask_secrets", "password_of"]
 
 ACCEPTED_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, a plain file path, "
@@ -103,7 +105,7 @@ def parse_store_url(url: "str | os.PathLike[str]") -> StoreURL:
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
             raise BadURLError("SQLite URL needs a path after 'sqlite:///' "
-                              f"(got {_mask(url)!r}); accepted: {ACCEPTED_FORMS}")
+                              f"(got {mask_url(url)!r}); accepted: {ACCEPTED_FORMS}")
         path = rest[1:]  # sqlite:///rel -> 'rel', sqlite:////abs -> '/abs'
         if path in ("", ":memory:"):
             raise BadURLError("an in-memory SQLite store cannot be persistent; give a file path")
@@ -114,16 +116,17 @@ def parse_store_url(url: "str | os.PathLike[str]") -> StoreURL:
 
 
 def _parse_mariadb(url: str) -> StoreURL:
+    _refuse_unquoted_userinfo(url)
     parts = urlsplit(url)
     try:
         port = parts.port or _DEFAULT_MARIADB_PORT
     except ValueError:
-        raise BadURLError(f"bad port in store URL {_mask(url)!r}") from None
+        raise BadURLError(f"bad port in store URL {mask_url(url)!r}") from None
     database = unquote(parts.path.lstrip("/"))
     if not parts.hostname:
-        raise BadURLError(f"MariaDB URL has no host: {_mask(url)!r}; accepted: {ACCEPTED_FORMS}")
+        raise BadURLError(f"MariaDB URL has no host: {mask_url(url)!r}; accepted: {ACCEPTED_FORMS}")
     if not database or "/" in database:
-        raise BadURLError(f"MariaDB URL must name one database: {_mask(url)!r}; "
+        raise BadURLError(f"MariaDB URL must name one database: {mask_url(url)!r}; "
                           f"accepted: {ACCEPTED_FORMS}")
     return StoreURL(
         backend="mariadb",
@@ -135,11 +138,53 @@ def _parse_mariadb(url: str) -> StoreURL:
     )
 
 
-def _mask(url: str) -> str:
-    """Hide a password in a raw URL string (for error messages).
+_QUOTE_HINT = "urllib.parse.quote(password, safe='')"
 
-    >>> _mask("mariadb://u:pw@h/db")
-    'mariadb://u:***@h/db'
+
+def _refuse_unquoted_userinfo(url: str) -> None:
+    """Refuse a user or password holding an unquoted ``/``, ``?`` or ``#``.
+
+    Those end the ``user:password@host:port`` part of a URL, so a password such
+    as ``p/ss`` would otherwise be misread as a host and a port ("bad port") while
+    the masked URL in the message looks valid. An unquoted ``@`` is unambiguous
+    (the last ``@`` ends the credentials; a host holds none) and is accepted. The
+    message never shows the password.
+
+    >>> _refuse_unquoted_userinfo("mariadb://ams:p/ss@db:3306/x")
+    Traceback (most recent call last):
+    ...
+    ams.errors.BadURLError: the user name or password in the MariaDB URL 'mariadb://ams:***@db:3306/x' holds a character that must be URL-quoted (one of / ? #); quote it, e.g. with urllib.parse.quote(password, safe='')
+    """
+    rest = url.split("://", 1)[1]
+    if "@" not in rest:
+        return
+    userinfo = rest.rpartition("@")[0]
+    if any(char in userinfo for char in "/?#"):
+        raise BadURLError(f"the user name or password in the MariaDB URL {mask_url(url)!r} holds "
+                          f"a character that must be URL-quoted (one of / ? #); quote it, "
+                          f"e.g. with {_QUOTE_HINT}")
+
+
+def password_of(url: Optional[str]) -> Optional[str]:
+    """The password written in a raw URL string (as written: maybe URL-quoted), or None.
+
+    Everything between the first ``:`` after ``://`` and the last ``@`` counts,
+    so a password holding unquoted ``@ / : ? #`` is found whole.
+
+    >>> password_of("mariadb://ams:p/ss@db/x"), password_of("sqlite:///a.db")
+    ('p/ss', None)
+    """
+    if not url or "://" not in url or "@" not in url:
+        return None
+    auth = url.split("://", 1)[1].rpartition("@")[0]
+    return auth.split(":", 1)[1] if ":" in auth else None
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a raw URL string (for error messages), however it is spelled.
+
+    >>> mask_url("mariadb://u:pw@h/db"), mask_url("mariadb://u:p/s@s@h/db")
+    ('mariadb://u:***@h/db', 'mariadb://u:***@h/db')
     """
     if "://" not in url or "@" not in url:
         return url
@@ -150,10 +195,34 @@ def _mask(url: str) -> str:
     return f"{scheme}://{auth}@{tail}"
 
 
+_mask = mask_url  # the former private name
+
+
 def mask_password(text: str, password: Optional[str]) -> str:
-    """Replace every occurrence of ``password`` (and its URL-quoted form) in ``text``."""
+    """Replace every occurrence of ``password`` (as given, URL-quoted or unquoted) in ``text``."""
     if not password:
         return text
-    for form in {password, quote(password, safe="")}:
-        text = text.replace(form, "***")
+    for form in sorted({password, quote(password, safe=""), unquote(password)}, key=len,
+                       reverse=True):
+        if form:
+            text = text.replace(form, "***")
     return text
+
+
+_URL_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
+
+
+def mask_secrets(text: str, password: Optional[str] = None) -> str:
+    """Hide ``password`` (see :func:`mask_password`) and any ``scheme://user:password@`` in ``text``.
+
+    The one masker of the package: the CLI runs every message, log line and
+    traceback through it. (SQLAlchemy's ``make_url(...).render_as_string(
+    hide_password=True)`` only serves well-formed URLs, not free text or the
+    malformed URLs an error is about.)
+
+    >>> mask_secrets("bad: mariadb://ams:pw@db/x")
+    'bad: mariadb://ams:***@db/x'
+    >>> mask_secrets("mariadb://ams:p/w@db/x failed", password_of("mariadb://ams:p/w@db/x"))
+    'mariadb://ams:***@db/x failed'
+    """
+    return _URL_CREDENTIALS.sub(r"\1***@", mask_password(text, password))

@@ -153,6 +153,7 @@ def test_environment_and_options_after_the_command(run_cli, store_url, make_h5, 
     monkeypatch.setenv("AMS_STORE_URL", store_url)
     monkeypatch.setenv("AMS_APP_NAME", "env-app")
     path = make_h5()
+    assert run_cli("create").code == 0
     assert run_cli("add", "--entry", "data", "--domain", "EOS", "--file", path).code == 0
     assert run_cli("query", "--field", "application_name").out == "env-app\n"
     # --name after the command overrides the environment: another application sees nothing
@@ -382,6 +383,7 @@ def test_progress_bar_on_a_terminal_only():
 
 def test_progress_of_a_large_add_is_a_count_with_verbose(run_cli, make_h5, tmp_path):
     url = f"sqlite:///{tmp_path / 'ams.db'}"
+    assert run_cli("--url", url, "--name", "app", "create").code == 0
     files = [arg for i in range(12) for arg in ("--file", make_h5(rows=1))]
     quiet = run_cli("--url", url, "--name", "app", "add", "--entry", "data", "--domain", "A", *files)
     assert quiet.code == 0 and quiet.err == ""
@@ -406,7 +408,8 @@ def test_installed_console_script_round_trip(tmp_path, make_h5):
                               timeout=120)
 
     data, candidate = make_h5("d.h5"), make_h5("c.h5")
-    steps = [  # the first add creates the store
+    steps = [
+        ("create",),
         ("add", "--entry", "candidates", "--domain", "EOS", "--file", candidate, "--file", data),
         ("move", "--domain", "EOS", "--from", "candidates", "--to", "data",
          "--dest", tmp_path / "data", "--file", candidate),
@@ -419,8 +422,8 @@ def test_installed_console_script_round_trip(tmp_path, make_h5):
         assert done.returncode == 0, (argv, done.stderr)
         outputs.append(json.loads(done.stdout))
     moved = str(tmp_path / "data" / "c.h5")
-    assert outputs[1] == [moved] and outputs[2] == {"1": [moved]}
-    assert outputs[3]["purged"] == [data] and not os.path.exists(data)
+    assert outputs[2] == [moved] and outputs[3] == {"1": [moved]}
+    assert outputs[4]["purged"] == [data] and not os.path.exists(data)
     failed = subprocess.run([sys.executable, "-m", "ams", "add", "--entry", "data", "--domain",
                              "EOS", "--file", str(tmp_path / "none.h5")], env=env,
                             capture_output=True, text=True, timeout=120)  # python -m ams
