@@ -46,11 +46,13 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 from . import __version__
 from .errors import AMSStoreError, BackendError, InvalidArgumentError, MissingFileError
+from .keys import ACTIONS
 from .store import AMSDataStore
 from .store_types import AMSModelDescr, UQAggregate, UQType
 from .url import mask_secrets, parse_store_url, password_of
@@ -60,6 +62,7 @@ __all__ = ["main", "COMMANDS", "Command", "command", "emit", "CLIError", "UsageE
 PROG = "ams-store"
 URL_ENV = "AMS_STORE_URL"
 NAME_ENV = "AMS_APP_NAME"
+AMQP_ENV = "AMS_AMQP_URL"
 ENTRY_TYPES = sorted(AMSDataStore.valid_entries)
 PROGRESS_MIN_FILES = 10
 """Adds of at least this many files show progress on stderr."""
@@ -589,6 +592,95 @@ def _lineage_arguments(parser: argparse.ArgumentParser) -> None:
          arguments=_lineage_arguments, read_only=True)
 def lineage(store: AMSDataStore, args: argparse.Namespace) -> int:
     emit(store.model_lineage(args.domain_name, args.version))
+    return 0
+
+
+# ------------------------------------------------------------------ ls
+def _ls_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@command("ls", "Show what the store holds for the application: domains, entries, versions, "
+               "files and bytes.",
+         example=f"{PROG} ls", arguments=_ls_arguments, read_only=True)
+def ls(store: AMSDataStore, args: argparse.Namespace) -> int:
+    emit(store.summary())
+    return 0
+
+
+# ------------------------------------------------------------------ changes
+def _changes_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--after", type=int, default=0, metavar="ID",
+                        help="only events with a larger id (default 0: from the first)")
+    parser.add_argument("--limit", type=int, default=1000, metavar="N",
+                        help="events per read (default 1000)")
+    _add_domain(parser, required=False)
+    _add_entry(parser, required=False)
+    parser.add_argument("--action", choices=ACTIONS, help="only events of this action")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep polling for new events until interrupted (Ctrl-C: exit 0)")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="with --follow: seconds between polls (default 1)")
+
+
+@command("changes", "Print the store's committed changes as JSON lines, in commit order.",
+         example=f"{PROG} changes --after 120 --domain EOS --follow",
+         arguments=_changes_arguments, read_only=True)
+def changes(store: AMSDataStore, args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    after = args.after
+    try:
+        while True:
+            events = store.changes(after=after, limit=args.limit, domain_name=args.domain_name,
+                                   entry_type=args.entry_type, action=args.action)
+            for event in events:
+                sys.stdout.write(json.dumps(event, sort_keys=True, ensure_ascii=False) + "\n")
+                after = event["id"]
+            sys.stdout.flush()
+            if len(events) == args.limit:
+                continue  # more are waiting
+            if not args.follow:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+# ------------------------------------------------------------------ publish
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--amqp", default=os.environ.get(AMQP_ENV), metavar="URL",
+                        help=f"the broker, e.g. amqp://guest:guest@127.0.0.1:5672/%%2F "
+                             f"(or {AMQP_ENV})")
+    parser.add_argument("--exchange", default="ams.store",
+                        help="durable topic exchange to publish to (default ams.store)")
+    parser.add_argument("--relay", default="default",
+                        help="relay name: its cursor is kept in the store (default 'default')")
+    parser.add_argument("--once", action="store_true",
+                        help="publish what is pending, then exit")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="seconds between polls when not --once (default 1)")
+
+
+def _check_publish(args: argparse.Namespace) -> None:
+    if not args.amqp:
+        raise UsageError(f"no broker: give --amqp or set {AMQP_ENV}")
+
+
+@command("publish", "Relay the store's changes to RabbitMQ (persistent JSON messages, "
+                    "publisher confirms; resumes where it stopped).",
+         example=f"{PROG} publish --amqp amqp://guest:guest@127.0.0.1:5672/%2F --once",
+         arguments=_publish_arguments, check=_check_publish)
+def publish(store: AMSDataStore, args: argparse.Namespace) -> int:
+    from .events import publish as relay
+    logging.getLogger("pika").setLevel(logging.DEBUG if args.verbose > 1 else logging.CRITICAL)
+    try:
+        sent = relay(store, args.amqp, exchange=args.exchange, relay=args.relay,
+                     once=args.once, interval=args.interval)
+    except KeyboardInterrupt:
+        return 0
+    emit({"published": sent, "relay": args.relay, "exchange": args.exchange,
+          "cursor": store.relay_cursor(args.relay)})
     return 0
 
 

@@ -50,9 +50,9 @@ def deployment_config(store: Any, domain_names: Union[str, Sequence[str]],
       models, the one with the lowest ``val_error`` is taken.
     * ``domain_models``: domain -> ``model_<i>``.
 
-    ``version``: ``"latest"``, an int or a digit string; any selector
-    ``store.search`` takes is passed on unchanged (so aliases such as
-    ``"@production"``, once ``search`` resolves them, work here as they are).
+    ``version``: ``"latest"``, ``"@alias"`` (e.g. ``"@champion"``: a domain
+    without that alias is a :class:`~ams.errors.NotFoundError` naming it), an
+    int or a digit string; passed to ``store.search`` unchanged.
     """
     if isinstance(domain_names, str):
         domain_names = [domain_names]
@@ -65,6 +65,9 @@ def deployment_config(store: Any, domain_names: Union[str, Sequence[str]],
         label = f"model_{index}"
         models = store.search(domain_name=name, entry="models", version=version)
         if not models:
+            if isinstance(version, str) and version.startswith("@"):
+                raise NotFoundError(f"domain {name!r} has no models alias {version[1:]!r} "
+                                    f"(its aliases: {store.aliases(name) or 'none'})")
             if not (isinstance(version, str) and version == "latest"):
                 raise NotFoundError(f"domain {name!r} has no models of version {version!r}")
             entry = dict(DATA_GATHERING_MODEL)

@@ -124,6 +124,17 @@ def store(store_url):
         yield opened
 
 
+# ------------------------------------------------------------------ RabbitMQ
+@pytest.fixture
+def broker():
+    """A fresh exchange and queue on the test broker (tests/broker.py), deleted afterwards."""
+    from broker import Broker, require_rabbitmq
+    require_rabbitmq()
+    opened = Broker()
+    yield opened
+    opened.close()
+
+
 # ------------------------------------------------------------------ real files
 @pytest.fixture
 def make_h5(tmp_path) -> Callable[..., str]:

@@ -8,17 +8,15 @@ fail. Each test gets its own exchange and queue, deleted afterwards.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
 import random
 import socket
 import sys
 import time
-import uuid
 from typing import Any
 
 import pytest
+from broker import AMQP_URL, assert_messages_are
 from feed_source import FeedSource, event, relay, writer
 
 from ams import events
@@ -30,65 +28,8 @@ from ams.errors import (
     MissingDependencyError,
 )
 
-AMQP_URL = os.environ.get("AMS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-START_HINT = "start one with: rabbitmq-server -detached (or set AMS_TEST_AMQP_URL)"
 N_WRITERS, APPENDS_EACH, KILLS, BACKLOG = 4, 50, 5, 5000
 DEADLINE = 240
-_BROKER: dict[str, Any] = {}
-
-
-def require_rabbitmq() -> None:
-    if "ok" not in _BROKER:
-        try:
-            import pika
-            pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
-            _BROKER["ok"] = True
-        except Exception as error:  # noqa: BLE001 - any failure means "no broker"
-            _BROKER["ok"], _BROKER["why"] = False, repr(error)
-    if _BROKER["ok"]:
-        return
-    message = f"no RabbitMQ broker answers at {AMQP_URL.split('@')[-1]} ({_BROKER['why']}); {START_HINT}"
-    if os.environ.get("AMS_REQUIRE_RABBITMQ") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-class Broker:
-    """A fresh exchange with one durable queue bound to every key; drained by :meth:`drain`."""
-
-    def __init__(self) -> None:
-        import pika
-        self.exchange = f"ams.test.{uuid.uuid4().hex[:12]}"
-        self.queue = f"{self.exchange}.all"
-        self.connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        self.channel = self.connection.channel()
-        self.channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-        self.channel.queue_declare(self.queue, durable=True)
-        self.channel.queue_bind(self.queue, self.exchange, routing_key="#")
-
-    def drain(self) -> list[tuple[str, Any, bytes]]:
-        """Every message in the queue now: (routing key, properties, body), in queue order."""
-        messages = []
-        for method, properties, body in self.channel.consume(self.queue, auto_ack=True,
-                                                             inactivity_timeout=0.5):
-            if method is None:  # nothing came for 0.5 s: the queue is empty
-                break
-            messages.append((method.routing_key, properties, body))
-        self.channel.cancel()
-        return messages
-
-    def close(self) -> None:
-        self.channel.queue_delete(self.queue)
-        self.channel.exchange_delete(self.exchange)
-        self.connection.close()
-
-
-@pytest.fixture
-def broker():
-    require_rabbitmq()
-    opened = Broker()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
@@ -110,16 +51,6 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def assert_messages_are(messages, expected: list[dict[str, Any]]) -> None:
-    """Each message is its event: body, id, properties and routing key."""
-    assert [json.loads(body) for _key, _properties, body in messages] == expected
-    for (key, properties, _body), change in zip(messages, expected):
-        assert key == events.routing_key(change)
-        assert properties.message_id == str(change["id"])
-        assert properties.content_type == "application/json"
-        assert properties.delivery_mode == 2
 
 
 # ------------------------------------------------------------------ routing keys
