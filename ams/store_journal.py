@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from . import _validate
 from .catalog import aliases
+from .errors import NotFoundError
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -47,7 +48,7 @@ class StoreJournal:
         """
         catalog = self._require_writable()
         domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
-        version = _validate.version(version)
+        version = self._one_version(domain_name, entry_type, _validate.single_version(version))
         previous = catalog.set_alias(self._application_name, domain_name, entry_type, alias,
                                      version, aliases.default_user())
         LOGGER.info("alias %s of %s/%s: %s -> %d", alias, domain_name, entry_type, previous,
@@ -86,6 +87,21 @@ class StoreJournal:
         entry_type = _validate.entry_type(entry_type)
         return catalog.read_aliases(lambda conn: aliases.current(
             conn, self._application_name, domain_name, entry_type), {})
+
+    def _one_version(self, domain_name: str, entry_type: str, version: Union[int, str]) -> int:
+        """``"latest"`` or ``"@other"`` as the version it means now (NotFoundError when none)."""
+        if isinstance(version, int):
+            return version
+        versions = self._require_open().versions(self._application_name, domain_name, entry_type)
+        if version == "latest":
+            if not versions:
+                raise NotFoundError(f"no {entry_type} versions in domain {domain_name!r}")
+            return versions[-1]
+        target = self.get_alias(domain_name, version[1:], entry_type)
+        if target is None:
+            raise NotFoundError(f"alias {version[1:]!r} is not set on {entry_type} of domain "
+                                f"{domain_name!r}")
+        return target
 
     @staticmethod
     def _alias_key(domain_name: Any, entry_type: Any, alias: Any) -> Tuple[str, str, str]:

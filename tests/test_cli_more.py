@@ -398,14 +398,9 @@ def test_alias_actions_have_help_and_an_example(run_cli):
 
 
 def test_version_at_alias_on_the_command_line(cli, store, make_model):
-    from ams.errors import InvalidArgumentTypeError
     for _ in range(2):
         cli(*model_args(make_model()))
     store.set_alias("EOS", "champion", 1)
-    try:
-        store.search("EOS", "models", "@champion")
-    except InvalidArgumentTypeError:
-        pytest.skip("the store does not resolve '@alias' selectors yet (issue 14, store side)")
     query = cli("query", "--entry", "models", "--version", "@champion", "--field", "version")
     assert (query.code, query.out) == (0, "1\n"), query.err
     lineage = cli("lineage", "--domain", "EOS", "--version", "@champion")
