@@ -27,7 +27,6 @@ import logging
 import numbers
 import os
 import sqlite3
-import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
@@ -41,6 +40,7 @@ from .catalog.records import Dataset
 from .errors import AMSStoreError, ImportSourceError
 from .files import fast_sha
 from .keys import ENTRY_TYPES, KOSH_FILE_FIELDS, MIME_TYPES
+from .progress import ProgressBar
 from .url import StoreURL, parse_store_url
 
 __all__ = ["ImportReport", "ImportCounts", "import_catalogue", "CONFIG_NAME"]
@@ -474,32 +474,9 @@ def _write(catalog: Catalog, groups: Dict[Group, List[NewFile]], progress: Progr
 
 # --------------------------------------------------------------------------- progress
 def _progress_bar(progress: Progress, total: int, label: str) -> Callable[[Optional[int]], None]:
-    """``update(done)``; ``update(None)`` ends. A bar on stderr only when it is a terminal."""
-    if callable(progress) and not isinstance(progress, bool):
-        return lambda done: None if done is None else progress(done, total)
-    stream = sys.stderr
-    shown = progress is True or (progress is None and total > 0 and _isatty(stream))
-    if not shown:
+    """``update(done)`` for ``progress`` (a callable, or True: the one bar of
+    :mod:`ams.progress`); ``update(None)`` ends. Nothing is drawn otherwise."""
+    if progress is None or progress is False:
         return lambda done: None
-    last = {"width": -1}
-
-    def update(done: Optional[int]) -> None:
-        if done is None:
-            if last["width"] >= 0:
-                stream.write("\n")
-                stream.flush()
-            return
-        width = 30 * done // max(total, 1)
-        if width == last["width"] and done != total:
-            return
-        last["width"] = width
-        stream.write(f"\r{label:<9} [{'#' * width}{'.' * (30 - width)}] {done}/{total}")
-        stream.flush()
-    return update
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
+    report = ProgressBar(label, total, always=True) if progress is True else progress
+    return lambda done: None if done is None else report(done, total)

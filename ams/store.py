@@ -594,8 +594,9 @@ class AMSDataStore(StoreCompat, StoreJournal):
         Paths this store already holds are skipped, so a second run imports
         nothing. The whole source is checked before anything is written: a
         corrupt source raises :class:`ams.errors.ImportSourceError`.
-        ``progress``: None shows a bar on stderr when it is a terminal; False
-        never; a callable gets ``(done, total)``.
+        ``progress``: a callable gets ``(done, total)`` as files are checked
+        and written; True draws :mod:`ams.progress`'s bar on stderr; None or
+        False: nothing (the library never draws on its own).
 
         >>> store.import_from("old/ams_config.json").to_dict()["imported"]  # doctest: +SKIP
         120

@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Text
 
 from .. import __version__
 from ..errors import AMSStoreError, BackendError, InvalidArgumentError
+from ..progress import ProgressBar
 from ..store import AMSDataStore
 from ..url import mask_secrets, parse_store_url, password_of
 
@@ -60,7 +61,6 @@ URL_ENV = "AMS_STORE_URL"
 NAME_ENV = "AMS_APP_NAME"
 AMQP_ENV = "AMS_AMQP_URL"
 ENTRY_TYPES = sorted(AMSDataStore.valid_entries)
-PROGRESS_MIN_FILES = 10
 """Adds of at least this many files show progress on stderr."""
 
 LOGGER = logging.getLogger(__name__)
@@ -131,33 +131,10 @@ def fail(message: str) -> int:
     return 1
 
 
-class _Progress:
-    """``progress(done, total)`` callback: a bar on a terminal, count lines with -v otherwise."""
-
-    def __init__(self, label: str, total: int, verbose: bool, stream: Optional[TextIO] = None,
-                 width: int = 30) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.label, self.total, self.width = label, total, width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.enabled = total >= PROGRESS_MIN_FILES and (self.tty or verbose)
-        self._shown = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or not total:
-            return
-        step = done * (100 if self.tty else 10) // total
-        if step == self._shown:
-            return
-        self._shown = step
-        if self.tty:
-            filled = self.width * done // total
-            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                              f"{done}/{total}")
-            if done == total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"{PROG}: {self.label}: {done}/{total} files\n")
-        self.stream.flush()
+def _Progress(label: str, total: int, verbose: bool, stream: Optional[TextIO] = None,
+              width: int = 30) -> ProgressBar:
+    """The CLI's ``progress(done, total)``: a bar on a terminal, count lines with -v otherwise."""
+    return ProgressBar(label, total, stream=stream, counts=verbose, width=width, prefix=PROG)
 
 
 # ------------------------------------------------------------------ argument helpers
