@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import pytest
-from feed_source import FeedSource, event, relay, writer
+from feed_source import event, relay, writer
 
 from ams import events
 from ams.errors import (
@@ -87,21 +87,6 @@ class Broker:
 def broker():
     require_rabbitmq()
     opened = Broker()
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def feed_url(backend, tmp_path, fresh_mariadb_database) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'feed.db'}"
-    return fresh_mariadb_database()
-
-
-@pytest.fixture
-def source(feed_url):
-    opened = FeedSource(feed_url)
-    opened.create()
     yield opened
     opened.close()
 
