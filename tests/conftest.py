@@ -1,9 +1,25 @@
 """Shared fixtures: one ``store_url`` / ``store`` per backend, real HDF5 and TorchScript files.
 
-MariaDB comes from ``AMS_TEST_MARIADB_URL`` (default
-``mariadb://root:@127.0.0.1:3306/``); each test gets a fresh database that is
-dropped afterwards. With no server answering, MariaDB tests are skipped,
-unless ``AMS_REQUIRE_MARIADB=1`` (as in CI), where they fail.
+MariaDB
+    The server comes from ``AMS_TEST_MARIADB_URL``, in one format only: a
+    store URL without its database, ``mariadb://USER[:PASSWORD]@HOST[:PORT]/``
+    (default ``mariadb://root:@127.0.0.1:3306/``; user and password
+    percent-encoded as in a store URL; the trailing ``/`` may be left off).
+    Any other scheme, or a database name, is an error: the tests make their
+    own databases, so the account must be allowed to create and drop
+    databases (and users, for the privilege tests).
+
+    Each test module gets ONE database (``ams_test_<hex>``), made on first use
+    and dropped at the module's end; after every test that used it, every
+    table, view and sequence in it is dropped, so the next test sees it as
+    empty as a new one (a test that leaves routines or events, changes its
+    collation or drops it gets it re-created instead). The first
+    ``fresh_mariadb_database()`` call of a test returns that database; further
+    calls in the same test (a second store, a feed beside it...) make extra
+    databases, dropped at the end of the test.
+
+    With no server answering, MariaDB tests are skipped, unless
+    ``AMS_REQUIRE_MARIADB=1`` (as in CI), where they fail.
 """
 
 from __future__ import annotations
@@ -12,11 +28,12 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 
 DEFAULT_MARIADB_URL = "mariadb://root:@127.0.0.1:3306/"
+MARIADB_URL_FORMAT = "mariadb://USER[:PASSWORD]@HOST[:PORT]/"
 START_HINT = ("start one with: start-stop-daemon --start --oknodo --background "
               "--exec /usr/sbin/mariadbd (or set AMS_TEST_MARIADB_URL)")
 
@@ -24,7 +41,11 @@ START_HINT = ("start one with: start-stop-daemon --start --oknodo --background "
 # ------------------------------------------------------------------ MariaDB server
 def _server_params() -> Dict[str, object]:
     from urllib.parse import unquote, urlsplit
-    parts = urlsplit(os.environ.get("AMS_TEST_MARIADB_URL", DEFAULT_MARIADB_URL))
+    url = os.environ.get("AMS_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
+    parts = urlsplit(url)
+    if parts.scheme != "mariadb" or parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"AMS_TEST_MARIADB_URL must be {MARIADB_URL_FORMAT} "
+                         f"(no database: the tests make their own), not {parts.scheme}://...")
     return {"user": unquote(parts.username or "root"), "password": unquote(parts.password or ""),
             "host": parts.hostname or "127.0.0.1", "port": parts.port or 3306}
 
@@ -41,12 +62,13 @@ _SERVER_STATE: Dict[str, object] = {}
 
 def mariadb_available() -> bool:
     if "ok" not in _SERVER_STATE:
+        params = _server_params()  # a malformed AMS_TEST_MARIADB_URL is an error, not a skip
         try:
             mariadb_admin().close()
             _SERVER_STATE["ok"] = True
         except Exception as error:  # noqa: BLE001 - any failure means "no server"
             _SERVER_STATE["ok"] = False
-            _SERVER_STATE["why"] = str(error)
+            _SERVER_STATE["why"] = f"{params['host']}:{params['port']}: {error}"
     return bool(_SERVER_STATE["ok"])
 
 
@@ -88,18 +110,106 @@ def drop_mariadb_databases(names: List[str]) -> None:
         conn.close()
 
 
+# Everything a test can leave in a database, in one round trip: the database's own row
+# (absent once dropped), its tables, views and sequences, and any routine or event.
+_CONTENTS = (
+    "SELECT 'schema', DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME"
+    " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %(db)s"
+    " UNION ALL SELECT 'table', TABLE_NAME, TABLE_TYPE"
+    " FROM information_schema.TABLES WHERE TABLE_SCHEMA = %(db)s"
+    " UNION ALL SELECT 'routine', ROUTINE_NAME, ROUTINE_TYPE"
+    " FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %(db)s"
+    " UNION ALL SELECT 'event', EVENT_NAME, ''"
+    " FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %(db)s"
+)
+
+
+class ModuleDatabase:
+    """One test module's MariaDB database: made on first use, emptied after each test
+    that used it (:meth:`empty`), dropped at the module's end (:meth:`drop`)."""
+
+    def __init__(self) -> None:
+        self.name: Optional[str] = None
+        self.schema: List[tuple] = []  # [(charset, collation)] of the new database
+
+    def take(self) -> str:
+        """The store URL of the (empty) module database."""
+        if self.name is None:
+            self.name = create_mariadb_database()
+            self.schema = self._contents()[0]
+        return mariadb_url(self.name)
+
+    def _contents(self, cursor=None):
+        """([(charset, collation)] or [] once dropped, [(what, name, type)] of the rest)."""
+        if cursor is None:
+            conn = mariadb_admin()
+            try:
+                return self._contents(conn.cursor())
+            finally:
+                conn.close()
+        cursor.execute(_CONTENTS, {"db": self.name})
+        rows = [tuple(row) for row in cursor.fetchall()]
+        return [row[1:] for row in rows if row[0] == "schema"], [row for row in rows if row[0] != "schema"]
+
+    def empty(self) -> None:
+        """Leave the database as a newly created one: drop every table, view and sequence
+        (foreign keys off); re-create the database if anything else changed."""
+        conn = mariadb_admin()
+        try:
+            cursor = conn.cursor()
+            schema, objects = self._contents(cursor)
+            if schema != self.schema or any(what != "table" for what, _name, _type in objects):
+                cursor.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+                cursor.execute(f"CREATE DATABASE `{self.name}`")
+                return
+            cursor.execute("SET SESSION foreign_key_checks = 0")
+            for kind in ("VIEW", "SEQUENCE", "TABLE"):
+                names = [name for _what, name, table_type in objects
+                         if table_type == kind or kind == "TABLE" and table_type not in ("VIEW", "SEQUENCE")]
+                if names:
+                    listed = ", ".join(f"`{self.name}`.`{name}`" for name in names)
+                    cursor.execute(f"DROP {kind} IF EXISTS {listed}")
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        if self.name is not None:
+            drop_mariadb_databases([self.name])
+            self.name = None
+
+
+@pytest.fixture(scope="module")
+def module_mariadb_database() -> ModuleDatabase:
+    """This module's MariaDB database (see the module docstring); no server needed until used."""
+    database = ModuleDatabase()
+    yield database
+    database.drop()
+
+
 @pytest.fixture
-def fresh_mariadb_database() -> Callable[[], str]:
-    """Factory of fresh MariaDB databases (dropped at teardown); returns store URLs."""
+def fresh_mariadb_database(module_mariadb_database) -> Callable[[], str]:
+    """Factory of empty MariaDB databases; returns store URLs.
+
+    The first call returns the module's database (emptied after the test), the
+    others new databases (dropped after the test)."""
     created: List[str] = []
+    took_module_database = []
 
     def make() -> str:
+        if not took_module_database:
+            url = module_mariadb_database.take()
+            took_module_database.append(True)
+            return url
         name = create_mariadb_database()
         created.append(name)
         return mariadb_url(name)
 
     yield make
-    drop_mariadb_databases(created)
+    try:
+        if took_module_database:
+            module_mariadb_database.empty()
+    finally:
+        drop_mariadb_databases(created)
 
 
 # ------------------------------------------------------------------ store fixtures
@@ -131,6 +241,25 @@ def broker():
     from broker import Broker, require_rabbitmq
     require_rabbitmq()
     opened = Broker()
+    yield opened
+    opened.close()
+
+
+# ------------------------------------------------------------------ change feed (feed_source.py)
+@pytest.fixture
+def feed_url(backend, tmp_path, fresh_mariadb_database) -> str:
+    """A URL to an empty database for a :class:`feed_source.FeedSource`, on each backend."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'feed.db'}"
+    return fresh_mariadb_database()
+
+
+@pytest.fixture
+def source(feed_url):
+    """A created, open :class:`feed_source.FeedSource` on ``feed_url``."""
+    from feed_source import FeedSource
+    opened = FeedSource(feed_url)
+    opened.create()
     yield opened
     opened.close()
 

@@ -27,21 +27,6 @@ N_WRITERS, TRANSACTIONS_EACH, ROLLBACK_EVERY = 4, 50, 7
 DEADLINE = 240  # seconds for the worker processes; a hang fails instead of blocking CI
 
 
-@pytest.fixture
-def feed_url(backend, tmp_path, fresh_mariadb_database) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'feed.db'}"
-    return fresh_mariadb_database()
-
-
-@pytest.fixture
-def source(feed_url):
-    opened = FeedSource(feed_url)
-    opened.create()
-    yield opened
-    opened.close()
-
-
 def context():
     """Children fork from a server that imported the feed once (spawn would re-import per child)."""
     ctx = multiprocessing.get_context("forkserver")

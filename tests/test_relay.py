@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from broker import AMQP_URL, assert_messages_are
-from feed_source import FeedSource, event, relay, writer
+from feed_source import event, relay, writer
 
 from ams import events
 from ams.errors import (
@@ -30,21 +30,6 @@ from ams.errors import (
 
 N_WRITERS, APPENDS_EACH, KILLS, BACKLOG = 4, 50, 5, 5000
 DEADLINE = 240
-
-
-@pytest.fixture
-def feed_url(backend, tmp_path, fresh_mariadb_database) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'feed.db'}"
-    return fresh_mariadb_database()
-
-
-@pytest.fixture
-def source(feed_url):
-    opened = FeedSource(feed_url)
-    opened.create()
-    yield opened
-    opened.close()
 
 
 def unused_port() -> int:

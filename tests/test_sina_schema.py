@@ -1,15 +1,13 @@
 """Tests of ams.catalog.schema.create_tables on SQLite and on MariaDB.
 
-MariaDB tests use a fresh database ``ams_test_schema_<hex>`` each, dropped afterwards.
-They are skipped when no server answers at AMS_TEST_MARIADB_URL (default
-``mysql+mysqlconnector://root:@127.0.0.1:3306``), unless AMS_REQUIRE_MARIADB=1.
+MariaDB tests use an empty database from conftest's ``fresh_mariadb_database``
+(the server at AMS_TEST_MARIADB_URL, in the format tests/conftest.py documents);
+they are skipped when no server answers, unless AMS_REQUIRE_MARIADB=1.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -18,8 +16,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import NullPool
 
 from ams.catalog.schema import MARIADB_COLLATION, create_tables
+from ams.url import parse_store_url
 
-MARIADB_SERVER = os.environ.get("AMS_TEST_MARIADB_URL", "mysql+mysqlconnector://root:@127.0.0.1:3306")
 SINA_TABLES = set(sql_schema.Base.metadata.tables)
 AMS_INDEXES = {
     "ams_stringdata_name_value",
@@ -35,37 +33,10 @@ DOCUMENT = sql_schema.Document.__table__
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def mariadb_server():
-    """An engine on the server (no database), or skip/fail when it does not answer."""
-    engine = sa.create_engine(MARIADB_SERVER + "/", poolclass=NullPool,
-                              connect_args={"connection_timeout": 5})
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        reason = f"MariaDB server not reachable at {where}: {exc.orig or exc}"
-        if os.environ.get("AMS_REQUIRE_MARIADB") == "1":
-            pytest.fail(reason + " (AMS_REQUIRE_MARIADB=1)")
-        pytest.skip(reason)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture
-def mariadb_url(mariadb_server, request):
-    """URL of a fresh, empty database, dropped at the end of the test."""
-    name = f"ams_test_schema_{uuid.uuid4().hex[:12]}"
-    with mariadb_server.begin() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
-
-    def drop():
-        with mariadb_server.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-
-    request.addfinalizer(drop)
-    return f"{MARIADB_SERVER}/{name}"
+def mariadb_url(fresh_mariadb_database):
+    """SQLAlchemy URL of an empty MariaDB database (conftest.py's ``fresh_mariadb_database``)."""
+    return parse_store_url(fresh_mariadb_database()).sqlalchemy_url()
 
 
 @pytest.fixture
