@@ -5,9 +5,12 @@ before each submission; :func:`deployment_config` builds the same dict from a
 store in one call, through the store's public API only (``search`` and the
 folder getters), so it works on both constructor forms and both backends.
 
->>> import json                                                   # doctest: +SKIP
->>> config = store.deployment_config(["EOS", "Opacity"])          # doctest: +SKIP
->>> json.dump(config, open("ams_objects.json", "w"))              # doctest: +SKIP
+>>> import json
+>>> config = store.deployment_config(["EOS", "Opacity"])
+>>> config["domain_models"]
+{'EOS': 'model_0', 'Opacity': 'model_1'}
+>>> with open("ams_objects.json", "w") as handle:
+...     json.dump(config, handle)
 """
 
 from __future__ import annotations

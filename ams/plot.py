@@ -50,7 +50,7 @@ def plot_store(store: "AMSDataStore", domain_name: str,
     written. The image's folder is created if needed. See
     :func:`domain_figure` for what is drawn and what else is raised.
 
-    >>> plot_store(store, "EOS", "eos.pdf")     # doctest: +SKIP
+    >>> path = plot_store(store, "EOS", "eos.pdf")
     """
     out = _validate.absolute_path(out_path, "out_path")
     image_format = _image_format(out)

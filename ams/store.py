@@ -5,9 +5,11 @@ the only code that knows Kosh's tables) and logs what it did; it never builds
 queries and never touches a file itself (files are :mod:`ams.files`'s job,
 driven by the catalogue inside its transactions).
 
->>> with AMSDataStore("my-app", "sqlite:///ams.db") as store:       # doctest: +SKIP
+>>> with AMSDataStore("my-app", "sqlite:///ams.db") as store:
 ...     store.add_data("EOS", ["run1.h5", "run2.h5"], metadata={"cycle": 3})
-...     store.get_data_files("EOS", versions="latest")
+...     [os.path.basename(path) for path in store.get_data_files("EOS", versions="latest")]
+1
+['run1.h5', 'run2.h5']
 """
 
 from __future__ import annotations
@@ -400,8 +402,9 @@ class AMSDataStore(StoreCompat, StoreJournal):
         never drops a changed one (read-only stores refuse it). Records Kosh
         stored without a ``fast_sha`` are only checked for existence.
 
-        >>> report = store.verify("EOS")                      # doctest: +SKIP
-        >>> report.ok, [e["filename"] for e in report.missing]  # doctest: +SKIP
+        >>> report = store.verify("EOS")
+        >>> report.ok, [e["filename"] for e in report.missing]
+        (True, [])
         """
         domain_name = _validate.optional_name(domain_name, "domain_name")
         repair = _validate.boolean(repair, "repair")
@@ -526,7 +529,8 @@ class AMSDataStore(StoreCompat, StoreJournal):
         ``version="latest"`` then keeps the matches of the highest matching
         version per domain and entry.
 
-        >>> store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}})  # doctest: +SKIP
+        >>> [e["version"] for e in store.search("EOS", "models", "latest", {"val_error": {"<": 0.1}})]
+        [3]
         """
         return self._entries(domain_name, entry, version, metadata, None)
 
@@ -550,8 +554,8 @@ class AMSDataStore(StoreCompat, StoreJournal):
         ``entry_type``, ``versions``, ``latest_version``, ``files`` and ``bytes``
         (sizes on disk now; a missing file counts 0).
 
-        >>> [(s["domain_name"], s["entry_type"], s["files"]) for s in store.summary()]  # doctest: +SKIP
-        [('EOS', 'data', 9), ('EOS', 'models', 2)]
+        >>> [(s["domain_name"], s["entry_type"], s["files"]) for s in store.summary()]
+        [('EOS', 'candidates', 1), ('EOS', 'data', 3), ('EOS', 'models', 3)]
         """
         return self._require_open().summary(self._application_name)
 
@@ -567,7 +571,7 @@ class AMSDataStore(StoreCompat, StoreJournal):
         ``trained_on`` have empty lists. An unknown version is a
         :class:`NotFoundError`.
 
-        >>> store.model_lineage("EOS", "latest")["missing"]       # doctest: +SKIP
+        >>> store.model_lineage("EOS", "latest")["missing"]
         []
         """
         catalog = self._require_open()
@@ -598,7 +602,7 @@ class AMSDataStore(StoreCompat, StoreJournal):
         and written; True draws :mod:`ams.progress`'s bar on stderr; None or
         False: nothing (the library never draws on its own).
 
-        >>> store.import_from("old/ams_config.json").to_dict()["imported"]  # doctest: +SKIP
+        >>> store.import_from("old/ams_config.json").to_dict()["imported"]
         120
         """
         catalog = self._require_writable()
@@ -684,7 +688,9 @@ class AMSDataStore(StoreCompat, StoreJournal):
         The module is loaded on CPU (torch is imported only here). Raises
         :class:`NotFoundError` when the domain has no such model.
 
-        >>> model, entry = store.load_model("EOS")       # doctest: +SKIP
+        >>> model, entry = store.load_model("EOS")
+        >>> entry["version"], entry["metadata"]["val_error"]
+        (3, 0.05)
         """
         self._require_open()
         return notebook.load_model(self, domain_name, version)
@@ -697,7 +703,9 @@ class AMSDataStore(StoreCompat, StoreJournal):
         numpy array per feature. A file lacking a feature, or whose shape beyond
         axis 0 differs from the first file's, raises an error naming both.
 
-        >>> inputs, outputs = store.load_data("EOS", versions="latest")  # doctest: +SKIP
+        >>> inputs, outputs = store.load_data("EOS", versions="latest")
+        >>> inputs.shape, outputs.shape
+        ((4, 2), (4, 1))
         """
         self._require_open()
         return notebook.load_data(self, domain_name, entry, versions, features)
@@ -710,7 +718,8 @@ class AMSDataStore(StoreCompat, StoreJournal):
         ``.get("model")`` works on models. Raises :class:`NotFoundError` when
         there is no such dataset.
 
-        >>> store.kosh_dataset("EOS", "data", 1).list_features()   # doctest: +SKIP
+        >>> store.kosh_dataset("EOS", "data", 1).version
+        1
         """
         catalog = self._require_open()
         domain_name = _validate.name(domain_name, "domain_name")

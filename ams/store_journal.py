@@ -44,7 +44,10 @@ class StoreJournal:
         pointed at before, or None. Names: 1-64 letters, digits, ``_ - .``,
         starting with a letter; ``latest`` is reserved.
 
-        >>> store.set_alias("EOS", "champion", 3)        # doctest: +SKIP
+        >>> store.set_alias("EOS", "champion", 3) is None    # was not set before
+        True
+        >>> store.get_files("EOS", "models", "@champion") == store.get_files("EOS", "models", 3)
+        True
         """
         catalog = self._require_writable()
         domain_name, entry_type, alias = self._alias_key(domain_name, entry_type, alias)
@@ -121,8 +124,11 @@ class StoreJournal:
         under the store's write lock, so ids increase in commit order and a
         reader polling ``changes(after=last_id)`` never misses one.
 
-        >>> for event in store.changes(after=last_seen):      # doctest: +SKIP
+        >>> last_seen = 0
+        >>> for event in store.changes(after=last_seen):
         ...     last_seen = event["id"]
+        >>> store.changes(after=last_seen)
+        []
         """
         catalog = self._require_open()
         arguments = _validate.changes_arguments(after, limit, domain_name, entry_type, action)
