@@ -491,6 +491,7 @@ class AMSDataStore(StoreCompat, StoreJournal):
                           self._get_entry_versions(domain_name, entry, associate_files=True,
                                                    only=selector))
         if not by_version:
+            self._hint_unknown_domain(domain_name)
             return []
         if isinstance(selector, str):  # "latest" or "@alias": the catalogue chose one version
             chosen = [max(by_version)]
@@ -545,7 +546,17 @@ class AMSDataStore(StoreCompat, StoreJournal):
         conditions = _match.parse_conditions(metadata)
         entries = catalog.entries(self._application_name, domain_name, entry_type, selector,
                                   conditions, _match.matcher(conditions), paths)
+        if not entries and domain_name is not None:
+            self._hint_unknown_domain(domain_name)
         return [entry.to_dict() for entry in entries]
+
+    def _hint_unknown_domain(self, domain_name: str) -> None:
+        """Log which domains exist when an empty result came from a domain that does not."""
+        known = sorted({domain for _app, domain in
+                        self._require_open().domains(self._application_name)})
+        if domain_name not in known:
+            LOGGER.warning("no domain %r in application %r (domains: %s)", domain_name,
+                           self._application_name, ", ".join(known) or "none")
 
     def summary(self) -> List[Dict[str, Any]]:
         """What the store holds for this application (and legacy ensembles), per domain and entry.

@@ -380,6 +380,16 @@ def copy_files(template: str, folder: Path, count: int, prefix: str) -> List[str
 
 
 # ------------------------------------------------------------------ assertions
+def h5py_opens(path: str) -> bool:
+    """Whether ``h5py.File(path, "r")`` opens ``path``: the verdict ams's HDF5 check must give."""
+    import h5py
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means "h5py cannot open it"
+        return False
+
+
 def rejected(guard, error_type, builtin, fragment, call, *args, **kwargs):
     """The call fails with ``error_type`` (also a ``builtin``) naming ``fragment``; nothing changes.
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import rejected
 
 from ams import _match, _validate
 from ams.errors import BackendError, WrongFileFormatError
 from ams.files import fast_sha
 from ams.formats import hdf5_problem
+from conftest import h5py_opens, rejected
 
 
 # ------------------------------------------------------------------ the HDF5 check
@@ -39,15 +39,6 @@ def _flip(offset: int):
         data[offset] ^= 0xFF
         return bytes(data)
     return flip
-
-
-def _h5py_opens(path: str) -> bool:
-    import h5py
-    try:
-        with h5py.File(path, "r"):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means "h5py cannot open it"
-        return False
 
 
 def test_hdf5_check_agrees_with_h5py(tmp_path):
@@ -88,7 +79,7 @@ def test_hdf5_check_agrees_with_h5py(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "ready"
         files["being written"] = str(writing)
-        verdicts = {name: (hdf5_problem(path) is None, _h5py_opens(path))
+        verdicts = {name: (hdf5_problem(path) is None, h5py_opens(path))
                     for name, path in files.items()}
     finally:
         writer.communicate("")

@@ -23,14 +23,7 @@ import pytest
 from ams import formats
 from ams.errors import WrongFileFormatError
 from ams.formats import check_file_format, hdf5_problem, torchscript_problem
-
-
-def _h5py_opens(path: str) -> bool:
-    try:
-        with h5py.File(path, "r"):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means "h5py cannot open it"
-        return False
+from conftest import h5py_opens
 
 
 def _write_h5(path: Path, **kwargs) -> bytes:
@@ -122,7 +115,7 @@ def test_hdf5_verdict_is_h5py_s_on_a_mutated_corpus(tmp_path):
         path.write_bytes(data)
         problem = hdf5_problem(str(path))  # raising here fails the test: it must not
         assert problem is None or (isinstance(problem, str) and problem), name
-        verdicts[name] = (problem is None, _h5py_opens(str(path)))
+        verdicts[name] = (problem is None, h5py_opens(str(path)))
         if problem is not None:
             reasons.add(problem)
     disagreements = {name: verdict for name, verdict in verdicts.items() if verdict[0] != verdict[1]}
@@ -196,11 +189,11 @@ def test_a_file_a_running_writer_holds_is_refused(tmp_path, mode):
     writer = _Writer(path, mode)
     try:
         problem = hdf5_problem(str(path))
-        h5py_opens = _h5py_opens(str(path))
+        opened = h5py_opens(str(path))
     finally:
         writer.stop()
-    assert problem is not None and not h5py_opens
-    assert hdf5_problem(str(path)) is None and _h5py_opens(str(path))  # closed cleanly
+    assert problem is not None and not opened
+    assert hdf5_problem(str(path)) is None and h5py_opens(str(path))  # closed cleanly
 
 
 def test_a_file_a_killed_swmr_writer_left_is_refused(tmp_path):
@@ -210,7 +203,7 @@ def test_a_file_a_killed_swmr_writer_left_is_refused(tmp_path):
         writer.kill()
     finally:
         writer.stop()
-    assert not _h5py_opens(str(path))
+    assert not h5py_opens(str(path))
     problem = hdf5_problem(str(path))
     assert problem is not None and "open for write" in problem
     with pytest.raises(WrongFileFormatError, match="not a readable HDF5 file"):
@@ -225,7 +218,7 @@ def test_a_file_a_killed_plain_writer_left_gets_h5py_s_verdict(tmp_path):
         writer.kill()
     finally:
         writer.stop()
-    assert (hdf5_problem(str(path)) is None) == _h5py_opens(str(path))
+    assert (hdf5_problem(str(path)) is None) == h5py_opens(str(path))
 
 
 def test_a_file_this_process_writes_gets_h5py_s_verdict(tmp_path):
@@ -233,7 +226,7 @@ def test_a_file_this_process_writes_gets_h5py_s_verdict(tmp_path):
     with h5py.File(path, "w") as handle:
         handle["x"] = np.zeros(3)
         handle.flush()
-        assert (hdf5_problem(str(path)) is None) == _h5py_opens(str(path))
+        assert (hdf5_problem(str(path)) is None) == h5py_opens(str(path))
         handle["y"] = np.ones(3)  # the writer is unharmed
     with h5py.File(path, "r") as handle:
         assert sorted(handle) == ["x", "y"]

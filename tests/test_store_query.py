@@ -7,7 +7,6 @@ each other's entries.
 from __future__ import annotations
 
 import pytest
-from conftest import rejected
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
 from ams.errors import (
@@ -16,6 +15,7 @@ from ams.errors import (
     InvalidMetadataError,
     UnknownEntryTypeError,
 )
+from conftest import rejected
 
 ENTRY_KEYS = {"id", "application_name", "domain_name", "filename", "entry_type", "version", "metadata"}
 
@@ -265,3 +265,15 @@ def test_applications_are_isolated(store, store_url, make_h5, make_model):
         assert other.get_data_files("EOS") == [theirs]
     with AMSDataStore("APP", store_url) as upper:  # application names are case-sensitive
         assert upper.find() == []
+
+
+def test_an_unknown_domain_is_named_with_the_domains_that_exist(store, make_h5, caplog):
+    store.add_data("EOS", [make_h5()])
+    with caplog.at_level("WARNING", logger="ams.store"):
+        assert store.get_data_files("EOZ") == [] and store.find("EOZ") == []
+    hints = [r.getMessage() for r in caplog.records if "no domain" in r.getMessage()]
+    assert hints == ["no domain 'EOZ' in application 'app' (domains: EOS)"] * 2
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ams.store"):
+        assert store.search("EOS", "models") == []  # a known domain: an empty answer, no hint
+    assert not caplog.records
