@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ams.cli import COMMANDS, build_parser
+from ams.cli import ALIAS_ACTIONS, COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,19 @@ def test_every_command_has_its_section_in_the_cli_reference(reference: str, name
     assert " ".join(spec.help.split()) in section
     for line in spec.example.splitlines():  # the example, as --help shows it
         assert line.strip() in section
+
+
+@pytest.mark.parametrize("action", list(ALIAS_ACTIONS))
+def test_every_alias_subcommand_has_its_section_in_the_cli_reference(reference: str,
+                                                                     action: str) -> None:
+    title = f"ams-store alias {action}"
+    assert f".. _cli-alias-{action}:\n\n{title}\n{'~' * len(title)}\n" in reference
+    section = reference.split(f".. _cli-alias-{action}:", 1)[1].split("\n.. _cli-", 1)[0]
+    assert f"usage: ams-store alias {action} " in section
+    assert " ".join(ALIAS_ACTIONS[action].help.split()) in section
+    assert ALIAS_ACTIONS[action].example in section
+    # nested in the alias section: after it, before the next command's
+    assert reference.index(".. _cli-alias:") < reference.index(f".. _cli-alias-{action}:")
 
 
 def test_cli_reference_lists_the_global_options_and_every_command(reference: str) -> None:

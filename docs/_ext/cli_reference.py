@@ -2,7 +2,8 @@
 
 ``.. ams-cli-reference::`` renders the ``--help`` of ``ams-store`` and of each
 subcommand (:func:`ams.cli.build_parser`) as literal blocks, one section per
-command, so the page cannot drift from the parser. :func:`render_cli_reference`
+command, and one subsection per subcommand of a command that has its own
+(``ams-store alias set``, ``get``...), so the page cannot drift from the parser. :func:`render_cli_reference`
 returns the reStructuredText and is tested on its own (``tests/test_docs.py``),
 without Sphinx: Sphinx is imported only by :func:`setup`.
 """
@@ -14,6 +15,9 @@ import functools
 
 HELP_WIDTH = 88
 """Columns of the rendered help (argparse would otherwise use the terminal's)."""
+
+UNDERLINES = "-~^"
+"""Section underlines by depth: commands, their subcommands, and one level more."""
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -36,10 +40,24 @@ def _literal(text: str) -> list[str]:
                                              text.splitlines()] + [""]
 
 
+def _sections(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> list[str]:
+    """The section of command ``names`` (its description and help), then its subcommands'."""
+    title = " ".join(("ams-store",) + names)
+    lines = [f".. _cli-{'-'.join(names)}:", "", title,
+             UNDERLINES[min(len(names), len(UNDERLINES)) - 1] * len(title), ""]
+    if parser.description:
+        lines += [" ".join(parser.description.split()), ""]
+    lines += _literal(_help(parser))
+    for name, subparser in _subcommands(parser).items():
+        lines += _sections(subparser, names + (name,))
+    return lines
+
+
 def render_cli_reference(parser: argparse.ArgumentParser | None = None) -> str:
     """The reStructuredText of the reference: ``ams-store --help``, then one section per command.
 
-    Each command's section has the label ``cli-<command>`` for ``:ref:`` links.
+    Each command's section has the label ``cli-<command>`` for ``:ref:`` links;
+    a subcommand's, nested in it, ``cli-<command>-<subcommand>`` (``cli-alias-set``).
     """
     if parser is None:
         from ams.cli import build_parser
@@ -48,11 +66,7 @@ def render_cli_reference(parser: argparse.ArgumentParser | None = None) -> str:
              "The global options and the list of commands (``ams-store --help``):", ""]
     lines += _literal(_help(parser))
     for name, subparser in _subcommands(parser).items():
-        title = f"ams-store {name}"
-        lines += [f".. _cli-{name}:", "", title, "-" * len(title), ""]
-        if subparser.description:
-            lines += [" ".join(subparser.description.split()), ""]
-        lines += _literal(_help(subparser))
+        lines += _sections(subparser, (name,))
     return "\n".join(lines) + "\n"
 
 
