@@ -18,7 +18,6 @@ from typing import Any, Dict, List
 
 import pytest
 from broker import AMQP_URL, assert_messages_are
-from conftest import copy_files, snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr, UQType, events
 from ams.cli import main
@@ -29,6 +28,7 @@ from ams.errors import (
     NotFoundError,
     ReadOnlyStoreError,
 )
+from conftest import copy_files, snapshot_store
 
 DEADLINE = 240
 
@@ -159,6 +159,16 @@ def test_aliases_of_applications_and_read_only_stores(store, store_url, models):
             reader.set_alias("EOS", "champion", 2)
         with pytest.raises(ReadOnlyStoreError):
             reader.remove_alias("EOS", "champion")
+
+
+def test_cli_force_overrides_the_alias_guard(store, store_url, models, capsys):
+    store.set_alias("EOS", "champion", 1)
+    base = ["--url", store_url, "--name", "app", "remove", "--entry", "models", "--domain", "EOS",
+            "--file", models[1]]
+    assert main(base) == 1
+    assert "'champion' -> version 1" in capsys.readouterr().err
+    assert main(base + ["--force"]) == 0
+    assert store.aliases("EOS") == {} and store.get_model_versions("EOS") == [2, 3]
 
 
 def test_cli_version_takes_an_alias(store, store_url, models, capsys):

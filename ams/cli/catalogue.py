@@ -171,8 +171,9 @@ def _remove_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--purge", action="store_true",
                         help="also delete the files from disk (default: keep them)")
     parser.add_argument("--force", action="store_true",
-                        help="with --entry data --purge: delete files that registered models "
-                             "were trained on too (refused otherwise; see lineage)")
+                        help="remove versions deployment aliases point to too (the aliases are "
+                             "unset, recorded in their history) and, with --entry data --purge, "
+                             "delete files registered models were trained on (see lineage)")
 
 
 def _check_remove(args: argparse.Namespace) -> None:
@@ -183,8 +184,6 @@ def _check_remove(args: argparse.Namespace) -> None:
     if not args.all and not filters:
         raise UsageError(f"refusing to remove every {args.entry_type} file of "
                          f"{args.domain_name!r}: give --file, --version or --metadata, or --all")
-    if args.force and not (args.purge and args.entry_type == "data"):
-        raise UsageError("--force only applies to --entry data --purge")
 
 
 @command("remove", "Remove entries from the store (and their files with --purge).",
@@ -295,6 +294,9 @@ def _move_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-place", action="store_true",
                         help="change the files' entry without copying or touching them on disk "
                              "(for big files on a parallel filesystem)")
+    parser.add_argument("--force", action="store_true",
+                        help="move away versions deployment aliases point to too (the aliases "
+                             "are unset)")
 
 
 def _folders(files: Sequence[str]) -> List[str]:
@@ -325,7 +327,7 @@ def _check_move(args: argparse.Namespace) -> None:
 def move(store: AMSDataStore, args: argparse.Namespace) -> int:
     dest = args.dest if args.dest is not None else _folders(args.files)[0]
     emit(store.move(args.domain_name, dest, args.src_type, args.dest_type, args.files,
-                    version=args.version, copy=not args.in_place))
+                    version=args.version, copy=not args.in_place, force=args.force))
     return 0
 
 
