@@ -1,4 +1,5 @@
-"""Doctest fixtures for the examples in ``ams/`` (``--doctest-modules``, see setup.cfg).
+"""Doctest fixtures for the examples in ``ams/`` (``--doctest-modules``; a pytest plugin
+loaded with ``-p doctest_store``, see setup.cfg).
 
 A doctest with an example that mentions ``store`` (and is not ``+SKIP``) runs in a fresh temporary directory
 (its current directory, so relative names such as ``sqlite:///ams.db``,
