@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 
 import pytest
 from broker import AMQP_URL, assert_messages_are
+from conftest import copy_files, snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr, UQType, events
 from ams.cli import main
@@ -28,7 +29,6 @@ from ams.errors import (
     NotFoundError,
     ReadOnlyStoreError,
 )
-from conftest import copy_files, snapshot_store
 
 DEADLINE = 240
 
