@@ -312,18 +312,18 @@ def _encodable(text: str, what: str, error: type = InvalidArgumentError) -> None
         raise error(f"{what} is not valid Unicode text: {_short(text)}") from None
 
 
-def error_value(value: Any, what: str) -> float:
-    """A model's error or threshold: a finite number, not negative."""
+def error_value(value: Any, what: str, error: type = InvalidMetadataError) -> float:
+    """A model's error or threshold: a finite number, not negative (else ``error``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentTypeError(f"{what} must be a number, not {_short(value)}")
     try:
         number = float(value)
     except (OverflowError, ValueError):
-        raise InvalidMetadataError(f"{what} is out of range: {_short(value)}") from None
+        raise error(f"{what} is out of range: {_short(value)}") from None
     if not math.isfinite(number):
-        raise InvalidMetadataError(f"{what} = {value!r}: NaN and infinities cannot be stored")
+        raise error(f"{what} = {value!r}: NaN and infinities cannot be stored")
     if number < 0:
-        raise InvalidMetadataError(f"{what} must not be negative, not {_short(value)}")
+        raise error(f"{what} must not be negative, not {_short(value)}")
     return number if isinstance(value, float) else cast(float, value)  # an int stays an int
 
 

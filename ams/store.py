@@ -24,6 +24,7 @@ from . import _match, _validate, importer, notebook
 from .catalog import Catalog, NewFile, now_string
 from .compat import StoreCompat, create_store_directories, remove_aliases
 from .errors import (
+    BackendError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     MissingFileError,
@@ -400,7 +401,9 @@ class AMSDataStore(StoreCompat, StoreJournal):
         ``repair=True`` drops the records of missing files, in one transaction,
         re-checking each file under the write lock; it never touches a file and
         never drops a changed one (read-only stores refuse it). Records Kosh
-        stored without a ``fast_sha`` are only checked for existence.
+        stored without a ``fast_sha`` are only checked for existence. A SQLite
+        store file that ``PRAGMA quick_check`` finds damaged raises
+        :class:`~ams.errors.BackendError` naming the file.
 
         >>> report = store.verify("EOS")
         >>> report.ok, [e["filename"] for e in report.missing]
@@ -409,6 +412,12 @@ class AMSDataStore(StoreCompat, StoreJournal):
         domain_name = _validate.optional_name(domain_name, "domain_name")
         repair = _validate.boolean(repair, "repair")
         catalog = self._require_writable() if repair else self._require_open()
+        damage = catalog.damage()
+        if damage:
+            raise BackendError(f"the store file {self._url.location} is damaged (PRAGMA "
+                               f"quick_check: {damage[0]}" + (f" and {len(damage) - 1} more"
+                                                              if len(damage) > 1 else "")
+                               + "); restore it from a backup before trusting its records")
         records = catalog.records(self._application_name, domain_name)
         report = VerifyReport(checked=len(records))
         for record in records:

@@ -85,7 +85,8 @@ class AMSModelDescr:
             raise MissingFileError(f"model file does not exist: {self.path!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise InvalidArgumentTypeError(f"threshold must be a number, not {self.threshold!r}")
-        self.threshold = float(_validate.error_value(self.threshold, "threshold"))
+        self.threshold = float(_validate.error_value(self.threshold, "threshold",
+                                                     InvalidArgumentError))
         self.uq_type = cast(UQType, _as_enum(UQType, self.uq_type, "uq_type"))
         if self.uq_type is None:
             raise InvalidArgumentError("uq_type is required")

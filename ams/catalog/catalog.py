@@ -300,6 +300,14 @@ class Catalog(FileEffects):
               "(ams-store remove --force)", models=sorted(users), paths=files)
 
     # ------------------------------------------------------------------ verifying
+    def damage(self) -> List[str]:
+        """What SQLite's ``PRAGMA quick_check`` finds wrong with the store's file ([]: sound;
+        always [] on MariaDB, whose server checks its own pages)."""
+        if self.url.backend != "sqlite":
+            return []
+        with self._transactions().read("check") as conn:
+            rows = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        return [] if rows == ["ok"] else rows
     def drop_missing(self, application_name: str, domain_name: Optional[str],
                      ids: Set[str]) -> List[str]:
         """Drop, in one transaction, the records ``ids`` whose file is (still) missing."""

@@ -361,7 +361,8 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
 @command("plot", "Draw a domain's model errors and data files per version into a PNG, PDF "
                  "or SVG (needs matplotlib: the 'plot' extra).",
          example=f"{PROG} plot --domain EOS --out eos.png",
-         arguments=_plot_arguments, read_only=True)
+         arguments=_plot_arguments, read_only=True,
+         reported=(("ams.store", "no domain %r in application"),))
 def plot(store: AMSDataStore, args: argparse.Namespace) -> int:
     from ..plot import plot_store
     emit({"domain_name": args.domain_name, "plot": plot_store(store, args.domain_name, args.out)})
