@@ -101,7 +101,7 @@ class Journal(CatalogBase):
     def record_events(self, conn: Connection, events: List[Dict[str, Any]]) -> None:
         """Append ``events`` to the change feed in the caller's write transaction."""
         if events and self.has_table(conn, feed.CHANGE.name):
-            feed.append(conn, events)
+            feed.record(conn, events)
 
     def changes(self, application_name: str, **arguments: Any) -> List[Dict[str, Any]]:
         """Events of the application after ``after``, in commit order (see :func:`feed.read`)."""

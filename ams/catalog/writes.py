@@ -174,15 +174,15 @@ def _next_version(conn: Connection, ensemble_id: str, entry_type: str,
 
 
 def _raise_mark(conn: Connection, ensemble_id: str, entry_type: str, version: int) -> None:
-    """Remember ``version`` as used: later automatic versions go above it."""
-    updated = run(conn, f'SELECT "high" FROM "{schema.VERSION_MARK}" WHERE "ensemble_id" = ? '
-                  'AND "entry_type" = ?', (ensemble_id, entry_type))
-    if not updated:
-        run(conn, f'INSERT INTO "{schema.VERSION_MARK}" ("ensemble_id", "entry_type", "high") '
-            'VALUES (?, ?, ?)', (ensemble_id, entry_type, version))
-    elif int(updated[0][0]) < version:
-        run(conn, f'UPDATE "{schema.VERSION_MARK}" SET "high" = ? WHERE "ensemble_id" = ? AND '
-            '"entry_type" = ?', (version, ensemble_id, entry_type))
+    """Remember ``version`` as used: later automatic versions go above it (one upsert)."""
+    if is_sqlite(conn):
+        sql = (f'INSERT INTO "{schema.VERSION_MARK}" ("ensemble_id", "entry_type", "high") '
+               'VALUES (?, ?, ?) ON CONFLICT ("ensemble_id", "entry_type") DO UPDATE SET '
+               '"high" = MAX("high", excluded."high")')
+    else:
+        sql = (f'INSERT INTO "{schema.VERSION_MARK}" ("ensemble_id", "entry_type", "high") '
+               'VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE "high" = GREATEST("high", VALUES("high"))')
+    run(conn, sql, (ensemble_id, entry_type, version))
 
 
 def _check_fits(conn: Connection, ctx: WriteContext, dataset_raw: Dict[str, Any],
