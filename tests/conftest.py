@@ -25,8 +25,10 @@ MariaDB
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -232,6 +234,49 @@ def store(store_url):
     from ams import AMSDataStore
     with AMSDataStore("app", store_url) as opened:
         yield opened
+
+
+# ------------------------------------------------------------------ the command line, in-process
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+    @property
+    def error_line(self) -> str:
+        """The one ``Error:`` line a failed command writes (asserting it is the only line)."""
+        lines = self.err.splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got {self.err!r}"
+        assert lines[0].startswith("Error: "), lines[0]
+        assert "Traceback" not in self.err
+        return lines[0]
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``run_cli(*argv)`` -> Result of ``main(argv)``; no store settings from the environment."""
+    monkeypatch.delenv("AMS_STORE_URL", raising=False)
+    monkeypatch.delenv("AMS_APP_NAME", raising=False)
+    capsys.readouterr()
+
+    def run(*argv) -> Result:
+        from ams.cli import main
+        code = main([str(arg) for arg in argv])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def cli(run_cli, store_url):
+    """``cli(*argv)``: run a command against the test store of application ``app``."""
+    return lambda *argv: run_cli("--url", store_url, "--name", "app", *argv)
 
 
 # ------------------------------------------------------------------ RabbitMQ

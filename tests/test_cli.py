@@ -13,56 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ams import AMSDataStore
-from ams.cli import COMMANDS, _Progress, build_parser, main
+from ams.cli import COMMANDS, _Progress, build_parser
 
 SECRET = "s3cr3t-Pa55"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self):
-        return json.loads(self.out)
-
-    @property
-    def error_line(self) -> str:
-        """The one ``Error:`` line a failed command writes (asserting it is the only line)."""
-        lines = self.err.splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got {self.err!r}"
-        assert lines[0].startswith("Error: "), lines[0]
-        assert "Traceback" not in self.err
-        return lines[0]
-
-
-@pytest.fixture
-def run_cli(capsys, monkeypatch):
-    """``run_cli(*argv)`` -> Result of ``main(argv)``; no store settings from the environment."""
-    monkeypatch.delenv("AMS_STORE_URL", raising=False)
-    monkeypatch.delenv("AMS_APP_NAME", raising=False)
-    capsys.readouterr()
-
-    def run(*argv) -> Result:
-        code = main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def cli(run_cli, store_url):
-    """``cli(*argv)``: run a command against the test store of application ``app``."""
-    return lambda *argv: run_cli("--url", store_url, "--name", "app", *argv)
 
 
 def model_args(path, **overrides):

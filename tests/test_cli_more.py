@@ -10,54 +10,17 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ams import AMSDataStore
-from ams.cli import main
 from ams.errors import BadURLError
 from ams.url import mask_secrets, mask_url, parse_store_url, password_of
 
 SECRET = "p/ss?w#rd"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self):
-        return json.loads(self.out)
-
-    @property
-    def error_line(self) -> str:
-        lines = self.err.splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got {self.err!r}"
-        assert lines[0].startswith("Error: ") and "Traceback" not in self.err, self.err
-        return lines[0]
-
-
-@pytest.fixture
-def run_cli(capsys, monkeypatch):
-    monkeypatch.delenv("AMS_STORE_URL", raising=False)
-    monkeypatch.delenv("AMS_APP_NAME", raising=False)
-    capsys.readouterr()
-
-    def run(*argv) -> Result:
-        code = main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
-
-
-@pytest.fixture
-def cli(run_cli, store_url):
-    return lambda *argv: run_cli("--url", store_url, "--name", "app", *argv)
 
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
