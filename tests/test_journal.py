@@ -356,3 +356,22 @@ def test_writers_poller_and_killed_relay_lose_nothing(store, store_url, make_h5,
         assert previous[2] == message[2]
     assert_messages_are(sorted(received.values(), key=lambda m: int(m[1].message_id)), expected)
     assert snapshot_store(store.url)["ams_relay"]  # the cursor is kept in the store
+
+
+def test_cli_changes_follow_prints_new_events_and_exits_0_on_ctrl_c(store, store_url, make_h5):
+    import signal
+    import subprocess
+    import sys
+    store.add_data("EOS", [make_h5()])
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ams", "--url", store_url, "--name", "app", "changes", "--follow",
+         "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(child.stdout.readline())
+        store.add_data("EOS", [make_h5()])  # committed after the follower started
+        second = json.loads(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=60)
+    assert (first["id"], second["id"]) == tuple(e["id"] for e in store.changes())
+    assert child.returncode == 0, err
