@@ -34,10 +34,10 @@ import sqlalchemy as sa
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests")]
 
-from feed_source import FeedSource, event
-
 from ams import events
 from ams.catalog import feed
+
+from feed_source import FeedSource, event
 
 
 def mariadb_database(server: str) -> str:

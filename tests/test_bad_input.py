@@ -27,14 +27,6 @@ from typing import Any, Callable, Dict
 
 import pytest
 import sqlalchemy as sa
-from conftest import (
-    create_mariadb_database,
-    drop_mariadb_databases,
-    mariadb_admin,
-    mariadb_url,
-    snapshot_files,
-    snapshot_store,
-)
 from sqlalchemy import event
 
 from ams import AMSDataStore, AMSModelDescr, UQType
@@ -48,6 +40,15 @@ from ams.errors import (
     NotFoundError,
     UnknownEntryTypeError,
     WrongFileFormatError,
+)
+
+from conftest import (
+    create_mariadb_database,
+    drop_mariadb_databases,
+    mariadb_admin,
+    mariadb_url,
+    snapshot_files,
+    snapshot_store,
 )
 
 

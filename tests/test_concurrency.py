@@ -21,9 +21,10 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import sqlalchemy as sa
-from conftest import copy_files
 
 from ams import AMSDataStore
+
+from conftest import copy_files
 
 N_PROCESSES, ADDS_EACH = 4, 40
 RACE_EACH = 25  # calls per child in the add/remove/move race

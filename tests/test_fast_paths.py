@@ -14,6 +14,7 @@ from ams import _match, _validate
 from ams.errors import BackendError, WrongFileFormatError
 from ams.files import fast_sha
 from ams.formats import hdf5_problem
+
 from conftest import h5py_opens, rejected
 
 

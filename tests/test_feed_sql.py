@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from feed_source import FeedSource, Rollback, event, poller, writer
 
 from ams import _validate
 from ams.catalog import feed
@@ -22,6 +21,8 @@ from ams.errors import (
     InvalidArgumentTypeError,
     UnknownEntryTypeError,
 )
+
+from feed_source import FeedSource, Rollback, event, poller, writer
 
 N_WRITERS, TRANSACTIONS_EACH, ROLLBACK_EVERY = 4, 50, 7
 DEADLINE = 240  # seconds for the worker processes; a hang fails instead of blocking CI

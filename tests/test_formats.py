@@ -23,6 +23,7 @@ import pytest
 from ams import formats
 from ams.errors import WrongFileFormatError
 from ams.formats import check_file_format, hdf5_problem, torchscript_problem
+
 from conftest import h5py_opens
 
 

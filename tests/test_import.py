@@ -12,11 +12,12 @@ import os
 import sqlite3
 
 import pytest
-from conftest import snapshot_store
 
 from ams import AMSDataStore
 from ams.errors import ImportSourceError, InvalidArgumentError
 from ams.files import fast_sha
+
+from conftest import snapshot_store
 
 # The DDL SQLAlchemy emitted for the SQL-table store's ``Entry`` model on SQLite.
 SQLITE_DDL = """
@@ -188,6 +189,7 @@ def test_missing_files_skipped_then_imported(store, tmp_path, make_h5, unchanged
 
 def test_sql_table_on_mariadb(store, fresh_mariadb_database, make_h5):
     import mysql.connector
+
     from conftest import _server_params
     url = fresh_mariadb_database()
     path = make_h5("m.h5")

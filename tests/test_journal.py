@@ -17,8 +17,6 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List
 
 import pytest
-from broker import AMQP_URL, assert_messages_are
-from conftest import copy_files, snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr, UQType, events
 from ams.cli import main
@@ -29,6 +27,9 @@ from ams.errors import (
     NotFoundError,
     ReadOnlyStoreError,
 )
+
+from broker import AMQP_URL, assert_messages_are
+from conftest import copy_files, snapshot_store
 
 DEADLINE = 240
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
-from conftest import copy_files, mariadb_admin, snapshot_store
 
 from ams import AMSDataStore
+
+from conftest import copy_files, mariadb_admin, snapshot_store
 
 ADD_FILES = 3000
 MOVE_FILES = 600

@@ -23,10 +23,11 @@ import h5py
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
 from ams.url import StoreURL, parse_store_url
+
+from conftest import snapshot_store
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
 DATE_KEYS = frozenset({"creation_date", "last_modified_date", "date"})

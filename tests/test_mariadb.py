@@ -23,11 +23,12 @@ import uuid
 from typing import Iterator, NamedTuple
 
 import pytest
-from conftest import _server_params, mariadb_admin, snapshot_store
 
 from ams import AMSDataStore
 from ams.catalog import CONNECT_TIMEOUT_SECONDS
 from ams.errors import BackendError
+
+from conftest import _server_params, mariadb_admin, snapshot_store
 
 SECRET = "Pw-" + uuid.uuid4().hex  # a password that must never show
 

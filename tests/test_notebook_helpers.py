@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr
 from ams.errors import (
@@ -22,6 +21,8 @@ from ams.errors import (
     UnknownEntryTypeError,
     WrongFileFormatError,
 )
+
+from conftest import snapshot_store
 
 MAIN = Path(__file__).resolve().parents[1]
 

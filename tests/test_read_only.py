@@ -15,10 +15,11 @@ import time
 from typing import Any, Callable, Dict, List
 
 import pytest
-from conftest import mariadb_admin, mariadb_url, require_mariadb
 
 from ams import AMSDataStore, AMSModelDescr, UQType
 from ams.errors import BackendError, ReadOnlyStoreError
+
+from conftest import mariadb_admin, mariadb_url, require_mariadb
 
 WRITES_BY_OTHER = 30
 

@@ -16,8 +16,6 @@ import time
 from typing import Any
 
 import pytest
-from broker import AMQP_URL, assert_messages_are
-from feed_source import event, relay, writer
 
 from ams import events
 from ams.errors import (
@@ -27,6 +25,9 @@ from ams.errors import (
     InvalidArgumentTypeError,
     MissingDependencyError,
 )
+
+from broker import AMQP_URL, assert_messages_are
+from feed_source import event, relay, writer
 
 N_WRITERS, APPENDS_EACH, KILLS, BACKLOG = 4, 50, 5, 5000
 DEADLINE = 240

@@ -16,7 +16,6 @@ import re
 import zipfile
 
 import pytest
-from conftest import count_records, rejected
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType
 from ams.errors import (
@@ -29,6 +28,8 @@ from ams.errors import (
     UnknownEntryTypeError,
     WrongFileFormatError,
 )
+
+from conftest import count_records, rejected
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
 

@@ -15,6 +15,7 @@ from ams.errors import (
     InvalidMetadataError,
     UnknownEntryTypeError,
 )
+
 from conftest import rejected
 
 ENTRY_KEYS = {"id", "application_name", "domain_name", "filename", "entry_type", "version", "metadata"}

@@ -13,7 +13,6 @@ import os
 import re
 
 import pytest
-from conftest import count_records, rejected
 
 from ams import AMSDataStore, AMSModelDescr, RemoveReport, UQType
 from ams.errors import (
@@ -26,6 +25,8 @@ from ams.errors import (
     UnknownEntryTypeError,
     WrongFileFormatError,
 )
+
+from conftest import count_records, rejected
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
 

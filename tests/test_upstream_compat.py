@@ -23,7 +23,6 @@ import h5py
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import snapshot_files, snapshot_store
 
 from ams import AMSDataStore, AMSModelDescr, UQAggregate, UQType, compat, importer
 from ams.errors import (
@@ -36,6 +35,8 @@ from ams.errors import (
 from ams.metadata_codec import JSON_KEYS
 from ams.store import create_store_directories
 from ams.store_types import EntryDict, FlatEntryDict
+
+from conftest import snapshot_files, snapshot_store
 
 REFERENCE_KEYS = ["id", "application_name", "domain_name", "filename", "entry_type", "version",
                   "metadata"]

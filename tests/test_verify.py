@@ -12,11 +12,12 @@ import os
 import shutil
 
 import pytest
-from conftest import snapshot_files, snapshot_store
 from test_kosh_layout import plain_kosh, prepare_for_plain_kosh
 
 from ams import AMSDataStore, AMSModelDescr, UQType, VerifyReport
 from ams.errors import ReadOnlyStoreError
+
+from conftest import snapshot_files, snapshot_store
 
 ENTRY_KEYS = {"id", "application_name", "domain_name", "entry_type", "version", "filename"}
 
