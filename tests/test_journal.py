@@ -309,6 +309,50 @@ def _poller(url: str, stop_file: str, out: str) -> None:
         json.dump(seen, handle)
 
 
+def _mover(url: str, versions: List[int]) -> int:
+    with AMSDataStore("app", url) as store:
+        for version in versions:
+            store.set_alias("EOS", "champion", version)
+    return len(versions)
+
+
+def _alias_reader(url: str, stop_file: str, out: str) -> None:
+    seen = []
+    with AMSDataStore("app", url, read_only=True) as store:
+        while not os.path.exists(stop_file):
+            seen.append(store.get_alias("EOS", "champion"))
+    with open(out, "w") as handle:
+        json.dump(seen, handle)
+
+
+def test_four_processes_moving_one_alias(store, store_url, make_model, tmp_path):
+    """4 processes x 50 set_alias calls (each to a version no other call uses) while a reader
+    reads: exactly 200 changes, each ``previous`` the version before it, every read a version
+    that existed."""
+    for version in range(1, 201):
+        assert store.add_model("EOS", _model(make_model, f"m{version}.pt"), 0.1, 0.1) == version
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ams", __name__])
+    stop_file, seen_file = str(tmp_path / "stop"), str(tmp_path / "seen.json")
+    reader = ctx.Process(target=_alias_reader, args=(store_url, stop_file, seen_file))
+    reader.start()
+    rng = random.Random(4)
+    targets = list(range(1, 201))
+    rng.shuffle(targets)
+    with ctx.Pool(4) as pool:
+        jobs = [(store_url, targets[k * 50:(k + 1) * 50]) for k in range(4)]
+        assert sum(pool.starmap(_mover, jobs)) == 200
+    open(stop_file, "w").close()
+    reader.join(DEADLINE)
+    history = store.alias_history("EOS", "champion")
+    assert len(history) == 200 and sorted(h["version"] for h in history) == list(range(1, 201))
+    assert [h["previous"] for h in history] == [None] + [h["version"] for h in history[:-1]]
+    with open(seen_file) as handle:
+        seen = json.load(handle)
+    assert seen and set(seen) <= {None, *range(1, 201)}
+    assert store.get_alias("EOS", "champion") == history[-1]["version"]
+
+
 def _relay(url: str, amqp: str, exchange: str) -> None:
     with AMSDataStore("app", url) as store:
         events.publish(store, amqp, exchange=exchange, relay="kill", interval=0.05)
