@@ -181,3 +181,4 @@ def test_import_does_not_import_torch() -> None:
     code = "import ams.loaders, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=MAIN, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+

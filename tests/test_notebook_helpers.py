@@ -242,3 +242,15 @@ def test_open_registers_nothing_in_the_database(store_url, make_h5) -> None:
     with AMSDataStore("app", store_url, read_only=True) as store:
         assert store.kosh_dataset("EOS", "data", 1).version == 1
     assert snapshot_store(store_url) == before
+
+
+def test_load_model_without_torch_says_what_to_install(store, make_model, monkeypatch):
+    import sys
+
+    from ams import AMSModelDescr
+    from ams.errors import AMSStoreError, MissingDependencyError
+    store.add_model("EOS", AMSModelDescr(make_model(), 0.5, "Random"), 0.1, 0.1)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(MissingDependencyError, match=r"ams-store\[torch\]") as info:
+        store.load_model("EOS")
+    assert isinstance(info.value, AMSStoreError) and isinstance(info.value, ImportError)

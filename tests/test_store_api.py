@@ -352,3 +352,18 @@ def test_read_only_store_refuses_writes(store, store_url, make_h5):
         raises(ReadOnlyStoreError, RuntimeError, "read-only", reader.add_data, "EOS", [make_h5()])
         raises(ReadOnlyStoreError, RuntimeError, "read-only", reader.remove_data, "EOS", [h5])
     assert store.get_data_files("EOS") == [h5] and os.path.exists(h5)
+
+
+def test_no_free_pooled_connection_is_a_backend_error(store):
+    """Threads beyond the pool: one clear BackendError, not SQLAlchemy's TimeoutError."""
+    from ams.errors import BackendError
+    engine = store._catalog.engine
+    engine.pool._timeout = 0.05  # as if every connection stayed busy past the pool's timeout
+    held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]
+    try:
+        with pytest.raises(BackendError, match="no free database connection"):
+            store.find("EOS")
+    finally:
+        for conn in held:
+            conn.close()
+    assert store.find("EOS") == []

@@ -30,7 +30,7 @@ from typing import Any
 
 from kosh.loaders.core import KoshLoader
 
-from ..errors import WrongFileFormatError
+from ..errors import MissingDependencyError, WrongFileFormatError
 from ..formats import torchscript_problem
 
 __all__ = ["TorchScriptLoader", "is_torchscript_archive", "load_torchscript", "MODEL_FEATURE"]
@@ -69,7 +69,13 @@ def load_torchscript(path: str | os.PathLike[str] | None) -> Any:
             f"{path!r} is not a TorchScript archive (expected a zip written by "
             f"torch.jit.save with <root>/data.pkl, <root>/constants.pkl and <root>/code/)"
         )
-    import torch
+    try:
+        import torch
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"loading a TorchScript model needs torch ({error}); install the CPU build with: "
+            'pip install "ams-store[torch]" (or pip install torch==2.13.0 --index-url '
+            "https://download.pytorch.org/whl/cpu)") from None
 
     try:
         return torch.jit.load(path, map_location="cpu")
