@@ -367,3 +367,21 @@ def test_no_free_pooled_connection_is_a_backend_error(store):
         for conn in held:
             conn.close()
     assert store.find("EOS") == []
+
+
+def test_a_sqlite_file_of_another_kind_is_never_extended(tmp_path, run_cli):
+    """Opening for writing a SQLite file that holds tables but no Kosh store refuses, in
+    Python and on the command line, and leaves the file exactly as it was."""
+    import hashlib
+    import sqlite3
+
+    from ams.errors import BackendError
+    legacy = tmp_path / "legacy.db"
+    with sqlite3.connect(legacy) as conn:
+        conn.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, filename TEXT)")
+    before = hashlib.sha256(legacy.read_bytes()).hexdigest()
+    with pytest.raises(BackendError, match=r"not a Kosh store \(tables: entries\).*import"):
+        AMSDataStore("app", f"sqlite:///{legacy}").open()
+    result = run_cli("--url", f"sqlite:///{legacy}", "--name", "app", "create")
+    assert result.code == 1 and "not a Kosh store" in result.error_line
+    assert hashlib.sha256(legacy.read_bytes()).hexdigest() == before
