@@ -59,9 +59,12 @@ class Catalog(FileEffects):
             if isinstance(version, int):
                 datasets = [d for d in datasets if d.version == version]
             elif alias is not None:
-                datasets = [d for d in datasets if [d.version] == self._resolve(
-                    conn, cast(str, application_name), d.ensemble.domain_name, d.entry_type,
-                    cast(str, version))]
+                pointed: Dict[Tuple[str, str], VersionSelector] = {}
+                for key in {(d.ensemble.domain_name, d.entry_type) for d in datasets}:
+                    pointed[key] = self._resolve(conn, cast(str, application_name), *key,
+                                                 cast(str, version))
+                datasets = [d for d in datasets
+                            if [d.version] == pointed[(d.ensemble.domain_name, d.entry_type)]]
             records = reads.file_records(conn, self.kinds, datasets, paths, conditions,
                                          keep_raw=False)
         records = [r for r in records if match(r.metadata)]
