@@ -81,9 +81,11 @@ class AMSDataStore(StoreCompat, StoreJournal):
     Construction does no I/O; call :meth:`open` or use ``with``.
 
     Concurrency: any number of processes (each with its own store object) and
-    threads may read and write one store at once. Every add, remove, move or
-    repair is one transaction under a store-wide write lock (SQLite ``BEGIN
-    IMMEDIATE``, MariaDB ``SELECT ... FOR UPDATE`` on Kosh's store-info row),
+    threads may read and write one store at once. Every add, remove, move,
+    alias change or repair changes the records in one transaction under a
+    store-wide write lock (SQLite ``BEGIN IMMEDIATE``, MariaDB ``SELECT ... FOR
+    UPDATE`` on Kosh's store-info row), with its change events and, for a
+    purge or a move, the intents of its file operations (see ``ams.files``),
     so auto versions are allocated inside it and never repeat; lock waits and
     deadlocks are retried with backoff and surface only as
     :class:`~ams.errors.ConcurrencyError` after 8 attempts. Each read call sees
